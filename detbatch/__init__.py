@@ -1,0 +1,3 @@
+"""detbatch: object detection at cluster scale on Ray — detect, train, evaluate."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from detbatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The ``detbatch`` command line: parse flags into a config, call one library function, print."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from detbatch.config import ConfigError
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="run a detector over images in storage, write detections to Parquet",
+        description="Run a torchvision detector over image files or shards; write Parquet. "
+        "Flags override the config file; rerunning on the same --output resumes.",
+    )
+    p.add_argument("--config", help="YAML config (see configs/); flags override it")
+    p.add_argument("--input", help="images or shards: a folder/prefix, a file, or a glob (any fsspec URI)")
+    p.add_argument("--output", help="output folder/prefix (any fsspec URI)")
+    p.add_argument("--input-format", choices=["auto", "images", "tar", "parquet"])
+    p.add_argument("--manifest", help="COCO JSON giving each file its image_id (file_name relative to --input)")
+    p.add_argument("--model", help="detector name (see `detbatch models`)")
+    p.add_argument("--weights", help="DEFAULT, a torchvision weights name, none, or a checkpoint URI")
+    p.add_argument("--score-threshold", type=float, help="keep boxes scoring at least this (0 keeps all)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass")
+    p.add_argument("--min-actors", type=int, help="detector pool size at least")
+    p.add_argument("--max-actors", type=int, help="detector pool size at most")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--ray-address", help="Ray cluster to join (default: the job's, else a local one)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an output made with other settings")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
+    p.set_defaults(run=_run_detect)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from detbatch.config import DetectConfig, load_config, parse_assignment
+    from detbatch.detect import run_detect
+
+    overrides = dict(parse_assignment(s) for s in args.set)
+    overrides.update(
+        {
+            "input.uri": args.input,
+            "input.format": args.input_format,
+            "input.manifest": args.manifest,
+            "output.uri": args.output,
+            "output.overwrite": args.overwrite,
+            "model.name": args.model,
+            "model.weights": args.weights,
+            "model.score_threshold": args.score_threshold,
+            "inference.batch_size": args.batch_size,
+            "inference.min_actors": args.min_actors,
+            "inference.max_actors": args.max_actors,
+            "inference.device": args.device,
+            "ray.address": args.ray_address,
+        }
+    )
+    config = load_config(DetectConfig, args.config, overrides)
+    summary = run_detect(config)
+    print(summary.line())
+    if not summary.already_complete:
+        print(f"  images table:     {config.output.uri}/images")
+        print(f"  detections table: {config.output.uri}/detections")
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a labelled synthetic shapes dataset (images + COCO JSON)")
+    p.add_argument("out", help="output folder/prefix (any fsspec URI)")
+    p.add_argument("--images", type=int, default=200, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128, help="side of the square images, pixels")
+    p.add_argument("--max-objects", type=int, default=4, help="objects per image at most")
+    p.set_defaults(run=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from detbatch.synth import synthesize
+
+    result = synthesize(args.out, args.images, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects)
+    print(f"synth: {result.num_images} images, {result.num_annotations} objects -> {result.out}")
+    print(f"  images:      {result.images_uri}")
+    print(f"  annotations: {result.annotations_uri}")
+    return 0
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="pack a folder of images (and a COCO JSON) into tar or Parquet shards")
+    p.add_argument("images", help="folder/prefix of image files")
+    p.add_argument("out", help="output folder/prefix for the shards")
+    p.add_argument("--format", choices=["tar", "parquet"], required=True)
+    p.add_argument("--annotations", help="COCO JSON: pack only its images, with ids and annotations")
+    p.add_argument("--images-per-shard", type=int, default=1000)
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from detbatch.prepare import prepare_shards
+
+    result = prepare_shards(args.images, args.out, args.format, annotations=args.annotations,
+                            images_per_shard=args.images_per_shard)
+    print(f"prepare: {result.num_images} images in {result.num_shards} {result.format} shards -> {result.out}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the detectors detbatch can build")
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from detbatch.models import model_names
+
+    print("\n".join(model_names()))
+    return 0
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_detect, _add_synth, _add_prepare, _add_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detbatch", description="Object detection at cluster scale on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from detbatch.sources import InputError
+    from detbatch.storage import StorageError
+
+    try:
+        return args.run(args)
+    except (ConfigError, InputError, StorageError, ValueError) as e:
+        print(f"detbatch {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""``detbatch detect``: images in storage -> detections in Parquet, exactly once.
+
+The pipeline (a Ray Data stream; the driver holds the listing and counters, never pixels or results)::
+
+    units (driver) -> read_unit (CPU task) -> decode (CPU task) -> Detector (actor pool, GPU/CPU)
+                   -> write_parts (CPU task) -> per-unit counts (driver)
+
+See :mod:`detbatch.sink` for the commit protocol that lets a rerun finish only what is left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from detbatch import __version__, sink, sources, storage
+from detbatch.config import ConfigError, DetectConfig
+from detbatch.decode import decode_batch
+from detbatch.detector import Detector
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "_detbatch/state.json"
+
+
+@dataclass
+class DetectSummary:
+    output: str
+    images_ok: int
+    images_error: int
+    detections: int
+    images_processed: int
+    """Images this run processed (less than the total when it resumed)."""
+    images_resumed: int
+    """Images already committed by an earlier run and skipped."""
+    wall_seconds: float
+    images_per_second: float
+    already_complete: bool = False
+
+    def line(self) -> str:
+        tail = " (already complete; nothing recomputed)" if self.already_complete else ""
+        resumed = f", {self.images_resumed} resumed" if self.images_resumed else ""
+        return (
+            f"detect: {self.images_ok} images ok, {self.images_error} in error, {self.detections} detections, "
+            f"{self.images_per_second:.2f} images/s{resumed} -> {self.output}{tail}"
+        )
+
+
+def fingerprint(config: DetectConfig) -> dict[str, Any]:
+    """Settings that change what lands in the output; a rerun must match them to resume."""
+    return {
+        "input": config.input.uri,
+        "format": config.input.format,
+        "manifest": config.input.manifest,
+        "images_per_unit": config.input.images_per_unit,
+        "model": config.model.name,
+        "weights": config.model.weights,
+        "score_threshold": config.model.score_threshold,
+        "detections_per_image": config.model.detections_per_image,
+    }
+
+
+def _read_json(uri: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_text(uri))
+    except FileNotFoundError:
+        return None
+
+
+def _prepare_output(config: DetectConfig, listing: sources.InputListing) -> dict[str, Any] | None:
+    """Check OUTPUT against this run; return the finished run.json if there is nothing left to do."""
+    output = config.output.uri
+    fs, path = storage.resolve(output)
+    if config.output.overwrite and fs.exists(path):
+        logger.warning("--overwrite: deleting %s", output)
+        fs.rm(path, recursive=True)
+    state_uri = storage.join(output, STATE_FILE)
+    state = _read_json(state_uri)
+    wanted = {"fingerprint": fingerprint(config), "listing_digest": listing.digest, "num_inputs": len(listing.uris)}
+    if state is not None:
+        if state["fingerprint"] != wanted["fingerprint"]:
+            diff = {k: (v, wanted["fingerprint"].get(k)) for k, v in state["fingerprint"].items() if wanted["fingerprint"].get(k) != v}
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise ConfigError(
+                f"{output} holds a detect run with other settings ({changes}); "
+                f"use another --output, or --overwrite to replace it"
+            )
+        if state["listing_digest"] != wanted["listing_digest"]:
+            raise ConfigError(
+                f"{output} was started on a different set of input files ({state['num_inputs']} then, "
+                f"{len(listing.uris)} now); use another --output, or --overwrite to start over"
+            )
+        finished = _read_json(storage.join(output, "run.json"))
+        if finished is not None:
+            return finished
+    elif fs.exists(path) and fs.ls(path):
+        raise ConfigError(f"{output} is not empty and holds no detbatch run; choose an empty --output or use --overwrite")
+    else:
+        storage.write_text(state_uri, json.dumps(wanted, indent=2))
+    return None
+
+
+def _library_versions() -> dict[str, str]:
+    import pyarrow
+    import ray
+    import torch
+    import torchvision
+
+    return {
+        "detbatch": __version__,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+def _read_stage(
+    units: dict[str, Any], root: str, manifest: dict[str, int] | None, skips: dict[int, list[tuple[int, int]]]
+) -> Iterator["pa.Table"]:
+    """map_batches UDF over unit rows (batch_size=1): yield the unit's images in small batches."""
+    for i in range(len(units["unit"])):
+        unit = {k: units[k][i] for k in units}
+        unit["uris"], unit["image_ids"] = list(unit["uris"]), list(unit["image_ids"])
+        rows = []
+        for row in sources.read_unit(unit, root, manifest, skips.get(int(unit["unit"]), [])):
+            rows.append(row)
+            if len(rows) == sources.ROWS_PER_READ_BATCH:
+                yield pa.Table.from_pylist(rows, schema=sources.READ_SCHEMA)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=sources.READ_SCHEMA)
+
+
+def _pool_resources(config: DetectConfig) -> tuple[float, int, str]:
+    """(GPUs per actor, torch threads per actor, device) for this cluster."""
+    import ray
+
+    inf = config.inference
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = inf.device == "cuda" or (inf.device == "auto" and has_gpu)
+    if inf.device == "cuda" and not has_gpu:
+        raise ConfigError("inference.device is 'cuda' but the Ray cluster has no GPU; use device: auto or cpu")
+    return (inf.gpus_per_actor if use_gpu else 0.0), max(1, int(inf.cpus_per_actor)), ("cuda" if use_gpu else "cpu")
+
+
+def run_detect(config: DetectConfig) -> DetectSummary:
+    """Run (or resume) a detect job as described by ``config``; returns its summary."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from detbatch.models import check_weights
+    from detbatch.runtime import init_ray
+
+    config.require_io()
+    check_weights(config.model.name, config.model.weights)
+    started = time.perf_counter()
+    output = config.output.uri
+    listing = sources.list_input(config.input.uri, config.input.format)
+    manifest = sources.load_manifest(config.input.manifest) if config.input.manifest else None
+    finished = _prepare_output(config, listing)
+    if finished is not None:
+        counts = finished["counts"]
+        return DetectSummary(output, counts["images_ok"], counts["images_error"], counts["detections"], 0,
+                             counts["images_ok"] + counts["images_error"], 0.0, 0.0, already_complete=True)
+
+    log = sink.read_commit_log(output)
+    sink.remove(log.debris)
+    units = [u for u in sources.plan_units(listing, config.input.images_per_unit, manifest) if u["unit"] not in log.finished]
+    skips = {u["unit"]: log.skip(u["unit"]) for u in units if log.skip(u["unit"])}
+    logger.info(
+        "%s: %d %s inputs, %d units to do (%d finished earlier, %d images committed)",
+        config.input.uri, len(listing.uris), listing.kind, len(units), len(log.finished), log.committed_images,
+    )
+
+    init_ray(config.ray.address)
+    gpus, threads, device = _pool_resources(config)
+    inf = config.inference
+    # Rows reach the sink in (unit, index) order, so that each sink batch writes few, long parts.
+    # (Correctness does not depend on it: write_parts splits any batch into contiguous runs.)
+    DataContext.get_current().execution_options.preserve_order = True
+
+    processed = {"images_ok": 0, "images_error": 0, "detections": 0}
+    if units:
+        # Shards need the manifest in the workers; image files carry their ids in the unit rows.
+        shard_manifest = manifest if listing.kind != "images" else None
+        ds = (
+            ray.data.from_items(units, override_num_blocks=len(units))
+            .map_batches(_read_stage, batch_size=1, fn_kwargs={"root": listing.root, "manifest": shard_manifest, "skips": skips},
+                         num_cpus=inf.decode_cpus)
+            .map_batches(decode_batch, batch_size=sources.ROWS_PER_READ_BATCH, num_cpus=inf.decode_cpus)
+            .map_batches(
+                Detector.configured(
+                    model=config.model.name,
+                    weights=config.model.weights,
+                    score_threshold=config.model.score_threshold,
+                    detections_per_image=config.model.detections_per_image,
+                    device=device,
+                    fp16=inf.fp16,
+                    threads=threads,
+                ),
+                batch_size=inf.batch_size,
+                compute=ActorPoolStrategy(min_size=inf.min_actors, max_size=inf.max_actors),
+                num_cpus=inf.cpus_per_actor,
+                num_gpus=gpus,
+                resources=inf.actor_resources or None,
+                # A dead actor is replaced and its batch retried, up to max_retries times per batch.
+                ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": inf.max_retries},
+            )
+            .map_batches(sink.write_parts, batch_size=config.output.rows_per_file, batch_format="pyarrow",
+                         fn_kwargs={"output": output}, num_cpus=0.25)
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for key in processed:
+                processed[key] += int(batch[key].to_numpy().sum())
+
+    wall = time.perf_counter() - started
+    final_log = sink.read_commit_log(output)
+    missing = [u["unit"] for u in sources.plan_units(listing, config.input.images_per_unit, None) if u["unit"] not in final_log.finished]
+    if missing:
+        raise RuntimeError(f"{len(missing)} units did not complete (first: {missing[:5]}); rerun the same command to finish them")
+    totals = _count_output(output)
+    images_done = processed["images_ok"] + processed["images_error"]
+    summary = DetectSummary(
+        output=output,
+        images_ok=totals["images_ok"],
+        images_error=totals["images_error"],
+        detections=totals["detections"],
+        images_processed=images_done,
+        images_resumed=totals["images_ok"] + totals["images_error"] - images_done,
+        wall_seconds=wall,
+        images_per_second=images_done / wall if wall > 0 else 0.0,
+    )
+    run = {
+        "config": config.model_dump(),
+        "fingerprint": fingerprint(config),
+        "input": {"uri": config.input.uri, "root": listing.root, "kind": listing.kind, "manifest": config.input.manifest,
+                  "num_inputs": len(listing.uris)},
+        "model": {"name": config.model.name, "weights": config.model.weights, "device": device},
+        "versions": _library_versions(),
+        "counts": {k: getattr(summary, k) for k in ("images_ok", "images_error", "detections")},
+        "this_run": {"images_processed": images_done, "images_resumed": summary.images_resumed},
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(summary.images_per_second, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    storage.write_text(storage.join(output, "run.json"), json.dumps(run, indent=2))
+    return summary
+
+
+def _count_output(output: str) -> dict[str, int]:
+    """Totals over the whole output (this run and earlier ones), from the images table."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(output)
+    images = pads.dataset(storage.join(path, "images"), filesystem=fs, format="parquet")
+    totals = {"images_ok": 0, "images_error": 0, "detections": 0}
+    for batch in images.to_batches(columns=["status", "num_detections"]):
+        ok = int(pc.sum(pc.equal(batch["status"], "ok")).as_py() or 0)
+        totals["images_ok"] += ok
+        totals["images_error"] += batch.num_rows - ok
+        totals["detections"] += int(pc.sum(batch["num_detections"]).as_py() or 0)
+    return totals

@@ -1,0 +1,137 @@
+"""The detector pool's actor: loads a model once, runs it on batches of decoded images.
+
+Input rows come from :mod:`detbatch.decode`; output is one row per image with the detections as
+list columns (``category_id``, ``category``, ``score``, ``box`` — boxes flattened xyxy float32 in
+pixels of the original image), which the sink explodes into the detections table.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+PASSTHROUGH = ("unit", "index", "last", "uri", "image_id", "width", "height", "status", "error")
+
+SCORED_SCHEMA = pa.schema(
+    [
+        ("unit", pa.int64()),
+        ("index", pa.int64()),
+        ("last", pa.bool_()),
+        ("uri", pa.string()),
+        ("image_id", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("category_id", pa.list_(pa.int32())),
+        ("category", pa.list_(pa.string())),
+        ("score", pa.list_(pa.float32())),
+        ("box", pa.list_(pa.float32())),
+    ]
+)
+
+
+def select_device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("inference.device is 'cuda' but this worker sees no GPU; use device: auto or cpu")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+class Detector:
+    """Callable class for ``map_batches(compute=ActorPoolStrategy(...))``.
+
+    ``threads`` caps torch's intra-op threads so that actors sharing a node do not oversubscribe it.
+    """
+
+    settings: dict[str, Any] = {}
+    """Constructor arguments baked in by :meth:`configured`."""
+
+    @classmethod
+    def configured(cls, **settings: Any) -> type["Detector"]:
+        """A subclass whose no-argument constructor uses ``settings``.
+
+        Ray keeps constructor arguments in the object store, where an actor restarted after a
+        crash may no longer find them; settings carried by the class itself always come along.
+        """
+        return type(cls.__name__, (cls,), {"settings": settings})
+
+    def __init__(self, **overrides: Any):
+        self._setup(**{**self.settings, **overrides})
+
+    def _setup(
+        self,
+        model: str,
+        weights: str,
+        score_threshold: float,
+        detections_per_image: int,
+        device: str = "auto",
+        fp16: bool = True,
+        threads: int = 1,
+    ):
+        import warnings
+
+        import torch
+
+        from detbatch.models import build_detector
+
+        # Pixels arrive in read-only Arrow buffers; the model never writes to its input tensors.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        torch.set_num_threads(max(1, threads))
+        self.device = select_device(device)
+        loaded = build_detector(model, weights, score_threshold, detections_per_image)
+        self.model = loaded.model.to(self.device)
+        self.fp16 = fp16 and self.device == "cuda"
+        labels = loaded.categories.labels
+        self.category_ids = np.array([c[0] if c else i for i, c in enumerate(labels)], dtype=np.int32)
+        self.category_names = np.array([c[1] if c else "N/A" for c in labels], dtype=object)
+        logger.info("detector %s (%s) ready on %s", loaded.name, loaded.weights, self.device)
+
+    def predict(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """images: uint8 H×W×3 -> per image ``boxes`` float32 [N, 4] xyxy pixels, ``labels``, ``scores``."""
+        import torch
+
+        tensors = [
+            torch.from_numpy(im).to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
+            for im in images
+        ]
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            outputs = self.model(tensors)
+        return [
+            {
+                "boxes": o["boxes"].float().cpu().numpy(),
+                "labels": o["labels"].cpu().numpy(),
+                "scores": o["scores"].float().cpu().numpy(),
+            }
+            for o in outputs
+        ]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        n = len(batch["uri"])
+        ok = [i for i in range(n) if batch["status"][i] == "ok"]
+        images = [
+            np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(int(batch["height"][i]), int(batch["width"][i]), 3)
+            for i in ok
+        ]
+        results: list[dict[str, np.ndarray] | None] = [None] * n
+        for i, out in zip(ok, self.predict(images) if images else []):
+            results[i] = out
+        empty = np.zeros(0, np.float32)
+        columns: dict[str, list[Any]] = {"category_id": [], "category": [], "score": [], "box": []}
+        for r in results:
+            labels = r["labels"] if r else np.zeros(0, np.int64)
+            columns["category_id"].append(self.category_ids[labels])
+            columns["category"].append(self.category_names[labels].tolist())
+            columns["score"].append(r["scores"] if r else empty)
+            columns["box"].append(r["boxes"].reshape(-1) if r else empty)
+        arrays = {k: batch[k] for k in PASSTHROUGH}
+        arrays.update(columns)
+        return pa.Table.from_pydict(arrays, schema=SCORED_SCHEMA)
