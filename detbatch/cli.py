@@ -93,6 +93,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["tar", "parquet"], required=True)
     p.add_argument("--annotations", help="COCO JSON: pack only its images, with ids and annotations")
     p.add_argument("--images-per-shard", type=int, default=1000)
+    p.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
     p.set_defaults(run=_run_prepare)
 
 
@@ -100,8 +101,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from detbatch.prepare import prepare_shards
 
     result = prepare_shards(args.images, args.out, args.format, annotations=args.annotations,
-                            images_per_shard=args.images_per_shard)
-    print(f"prepare: {result.num_images} images in {result.num_shards} {result.format} shards -> {result.out}")
+                            images_per_shard=args.images_per_shard, overwrite=args.overwrite)
+    skipped = f" ({result.num_skipped} images not in the annotations skipped)" if result.num_skipped else ""
+    print(f"prepare: {result.num_images} images in {result.num_shards} {result.format} shards -> {result.out}{skipped}")
     return 0
 
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except (ConfigError, InputError, StorageError, ValueError) as e:
+    except (ConfigError, InputError, StorageError, ValueError, FileExistsError) as e:
         print(f"detbatch {args.command}: error: {e}", file=sys.stderr)
         return 2
 
