@@ -34,8 +34,9 @@ class InputConfig(_Section):
 class OutputConfig(_Section):
     uri: str | None = None
     overwrite: bool = False
-    rows_per_file: int = Field(4096, ge=1)
-    """Rows gathered before a Parquet file pair is written (fewer, larger files)."""
+    rows_per_file: int = Field(256, ge=1)
+    """Images per detector call, committed as one Parquet file pair. Larger: fewer files and less
+    per-call overhead; smaller: less decoded-pixel memory per call and less work redone after a crash."""
 
 
 class ModelConfig(_Section):

@@ -2,8 +2,8 @@
 
 The pipeline (a Ray Data stream; the driver holds the listing and counters, never pixels or results)::
 
-    units (driver) -> read_unit (CPU task) -> decode (CPU task) -> Detector (actor pool, GPU/CPU)
-                   -> write_parts (CPU task) -> per-unit counts (driver)
+    units (driver) -> read_unit (CPU task) -> decode (CPU task)
+                   -> Detector: model + write_parts (actor pool, GPU/CPU) -> per-unit counts (driver)
 
 See :mod:`detbatch.sink` for the commit protocol that lets a rerun finish only what is left.
 """
@@ -184,7 +184,7 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     init_ray(config.ray.address)
     gpus, threads, device = _pool_resources(config)
     inf = config.inference
-    # Rows reach the sink in (unit, index) order, so that each sink batch writes few, long parts.
+    # Rows reach the actors in (unit, index) order, so that each call commits few, long parts.
     # (Correctness does not depend on it: write_parts splits any batch into contiguous runs.)
     DataContext.get_current().execution_options.preserve_order = True
 
@@ -206,8 +206,11 @@ def run_detect(config: DetectConfig) -> DetectSummary:
                     device=device,
                     fp16=inf.fp16,
                     threads=threads,
+                    batch_size=inf.batch_size,
+                    output=output,
                 ),
-                batch_size=inf.batch_size,
+                # One call = one committed file pair; the model sees mini-batches of batch_size.
+                batch_size=config.output.rows_per_file,
                 compute=ActorPoolStrategy(min_size=inf.min_actors, max_size=inf.max_actors),
                 num_cpus=inf.cpus_per_actor,
                 num_gpus=gpus,
@@ -215,8 +218,6 @@ def run_detect(config: DetectConfig) -> DetectSummary:
                 # A dead actor is replaced and its batch retried, up to max_retries times per batch.
                 ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": inf.max_retries},
             )
-            .map_batches(sink.write_parts, batch_size=config.output.rows_per_file, batch_format="pyarrow",
-                         fn_kwargs={"output": output}, num_cpus=0.25)
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for key in processed:

@@ -1,8 +1,10 @@
-"""The detector pool's actor: loads a model once, runs it on batches of decoded images.
+"""The detector pool's actor: loads a model once, runs it on batches of decoded images, commits them.
 
-Input rows come from :mod:`detbatch.decode`; output is one row per image with the detections as
-list columns (``category_id``, ``category``, ``score``, ``box`` — boxes flattened xyxy float32 in
-pixels of the original image), which the sink explodes into the detections table.
+Input rows come from :mod:`detbatch.decode`. Each call runs the model over the call's images in
+mini-batches of ``batch_size``, then writes and commits the call's Parquet file pair itself
+(:func:`detbatch.sink.write_parts`) before returning. Committing in the actor rather than in a later
+stage means a result is durable as soon as it exists: Ray Data releases a task's output blocks only
+when the task ends or its buffer fills, so a downstream writer could sit idle for most of a run.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class Detector:
         device: str = "auto",
         fp16: bool = True,
         threads: int = 1,
+        batch_size: int = 8,
+        output: str | None = None,
     ):
         import warnings
 
@@ -90,6 +94,8 @@ class Detector:
         loaded = build_detector(model, weights, score_threshold, detections_per_image)
         self.model = loaded.model.to(self.device)
         self.fp16 = fp16 and self.device == "cuda"
+        self.batch_size = batch_size
+        self.output = output
         labels = loaded.categories.labels
         self.category_ids = np.array([c[0] if c else i for i, c in enumerate(labels)], dtype=np.int32)
         self.category_names = np.array([c[1] if c else "N/A" for c in labels], dtype=object)
@@ -115,6 +121,13 @@ class Detector:
         ]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Detect, commit to ``output``, return per-unit counts (:data:`detbatch.sink.SUMMARY_SCHEMA`)."""
+        from detbatch.sink import write_parts
+
+        return write_parts(self.score(batch), self.output)
+
+    def score(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """Decoded rows -> one row per image with its detections (:data:`SCORED_SCHEMA`)."""
         n = len(batch["uri"])
         ok = [i for i in range(n) if batch["status"][i] == "ok"]
         images = [
@@ -122,8 +135,10 @@ class Detector:
             for i in ok
         ]
         results: list[dict[str, np.ndarray] | None] = [None] * n
-        for i, out in zip(ok, self.predict(images) if images else []):
-            results[i] = out
+        for start in range(0, len(images), self.batch_size):
+            chunk = self.predict(images[start : start + self.batch_size])
+            for i, out in zip(ok[start : start + self.batch_size], chunk):
+                results[i] = out
         empty = np.zeros(0, np.float32)
         columns: dict[str, list[Any]] = {"category_id": [], "category": [], "score": [], "box": []}
         for r in results:

@@ -1,0 +1,267 @@
+"""detect end to end on the shared two-node Ray cluster: local and S3, files and shards, bad input,
+resume after a killed driver, a killed actor, and the output contract read back with pandas."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from detbatch import storage
+from detbatch.config import ConfigError, DetectConfig, load_config
+from detbatch.detect import run_detect
+from detbatch.prepare import prepare_shards
+from detbatch.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA
+from detbatch.sources import derived_image_id
+from detbatch.synth import synthesize
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+FAST_MODEL = "ssdlite320_mobilenet_v3_large"
+DETECTOR_CLASS = "MapWorker(MapBatches(Detector))"
+
+
+def _config(input_uri: str, output_uri: str, **overrides) -> DetectConfig:
+    values = {
+        "input.uri": input_uri,
+        "output.uri": output_uri,
+        "model.name": FAST_MODEL,
+        "model.weights": "none",
+        "model.score_threshold": 0.0,  # random weights score low: keep every box so detections exist
+        "model.detections_per_image": 5,
+        "inference.batch_size": 4,
+        "inference.device": "cpu",
+        **overrides,
+    }
+    return load_config(DetectConfig, None, values)
+
+
+def _read(output: str, table: str) -> pd.DataFrame:
+    fs, path = storage.resolve(output)
+    return pd.read_parquet(storage.join(path, table), filesystem=fs)
+
+
+def _check_contract(output: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Schemas exactly as documented; every image once; detections agree with num_detections."""
+    fs, path = storage.resolve(output)
+    for table, schema in (("images", IMAGES_SCHEMA), ("detections", DETECTIONS_SCHEMA)):
+        files = fs.glob(storage.join(path, table, "*.parquet"))
+        assert files
+        with fs.open(files[0], "rb") as f:
+            assert pq.read_schema(f) == schema
+    images, detections = _read(output, "images"), _read(output, "detections")
+    assert not images["uri"].duplicated().any()
+    per_image = detections.groupby("uri").size()
+    expected = images.set_index("uri")["num_detections"]
+    assert per_image.reindex(expected.index, fill_value=0).equals(expected.astype(per_image.dtype))
+    assert not detections.duplicated().any()
+    return images, detections
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """20 synthetic images, plus one bad file of each kind."""
+    root = tmp_path_factory.mktemp("shapes")
+    synthesize(str(root), 20, seed=3)
+    images = root / "images"
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))
+    good = (images / "000001.png").read_bytes()
+    (images / "truncated.png").write_bytes(good[: len(good) // 3])
+    (images / "empty.png").write_bytes(b"")
+    (images / "text.jpg").write_text("this is not an image")
+    return root
+
+
+def test_local_end_to_end_pool_on_both_nodes(shapes, tmp_path):
+    from ray.util.state import list_actors
+
+    out = str(tmp_path / "out")
+    config = _config(
+        str(shapes / "images"),
+        out,
+        **{"inference.min_actors": 2, "inference.max_actors": 2, "inference.actor_resources": {"detector_slot": 1},
+           "input.images_per_unit": 6},
+    )
+    before = {a.actor_id for a in list_actors(filters=[("class_name", "=", DETECTOR_CLASS)], limit=10000)}
+    summary = run_detect(config)
+
+    assert (summary.images_ok, summary.images_error) == (20, 4)
+    assert summary.detections == 20 * 5
+    images, detections = _check_contract(out)
+    bad = images[images.status == "error"]
+    errors = bad.set_index(bad.uri.str.rsplit("/", n=1).str[-1])["error"]
+    assert set(errors.index) == {"corrupt.jpg", "truncated.png", "empty.png", "text.jpg"}
+    assert errors["empty.png"] == "empty file" and "not an image" in errors["text.jpg"]
+    assert "corrupt" in errors["truncated.png"]
+    ok = images[images.status == "ok"]
+    assert ok["error"].isna().all() and (ok.width == 128).all() and (ok.height == 128).all()
+    assert (images.image_id == images.uri.map(derived_image_id)).all()
+
+    boxes = detections.merge(images[["uri", "width", "height"]], on="uri")
+    assert (boxes.x_min >= 0).all() and (boxes.x_max <= boxes.width).all() and (boxes.y_max <= boxes.height).all()
+    assert (boxes.x_min <= boxes.x_max).all()
+    from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights as W
+
+    names = W.DEFAULT.meta["categories"]
+    assert all(names[c] == n for c, n in zip(detections.category_id, detections.category))
+
+    # The documented pandas query.
+    top = detections.sort_values("score").iloc[-1]
+    picked = pd.read_parquet(f"{out}/detections", filters=[("category", "==", top.category), ("score", ">", 0.0)])
+    assert len(picked) == (detections.category == top.category).sum()
+
+    run = json.loads(Path(out, "run.json").read_text())
+    assert run["counts"] == {"images_ok": 20, "images_error": 4, "detections": 100}
+    assert run["model"]["name"] == FAST_MODEL and run["versions"]["ray"]
+
+    new = [a for a in list_actors(filters=[("class_name", "=", DETECTOR_CLASS)], limit=10000, detail=True)
+           if a.actor_id not in before]
+    assert len({a.node_id for a in new}) == 2, "the pool's two actors should sit on two nodes"
+
+    # A finished output is not recomputed ...
+    files = sorted(p.name for p in Path(out, "images").iterdir())
+    again = run_detect(config)
+    assert again.already_complete and again.images_processed == 0 and again.detections == 100
+    assert sorted(p.name for p in Path(out, "images").iterdir()) == files
+    # ... and other settings are refused, naming what changed, unless --overwrite.
+    changed = config.model_copy(deep=True)
+    changed.model.score_threshold = 0.5
+    with pytest.raises(ConfigError, match=r"score_threshold: 0.0 -> 0.5.*--overwrite"):
+        run_detect(changed)
+    changed.output.overwrite = True
+    changed.input.images_per_unit = 64
+    assert run_detect(changed).images_ok == 20
+    assert json.loads(Path(out, "run.json").read_text())["fingerprint"]["score_threshold"] == 0.5
+
+
+def test_s3_input_output_with_manifest(s3_bucket):
+    data, out = f"{s3_bucket}/data", f"{s3_bucket}/runs/one"
+    synthesize(data, 6, seed=5)
+    summary = run_detect(_config(f"{data}/images", out, **{"input.manifest": f"{data}/annotations.json"}))
+    assert (summary.images_ok, summary.images_error, summary.detections) == (6, 0, 30)
+    images, detections = _check_contract(out)
+    coco = json.loads(storage.read_text(f"{data}/annotations.json"))
+    ids = {f"{data}/images/{im['file_name']}": im["id"] for im in coco["images"]}
+    assert dict(zip(images.uri, images.image_id)) == ids
+    # pandas over S3 with the fsspec filesystem, as the README shows.
+    fs = storage.filesystem(out)
+    q = pd.read_parquet(f"{out.removeprefix('s3://')}/detections", filesystem=fs, filters=[("score", ">", 0.0)])
+    assert len(q) == (detections.score > 0).sum()
+    assert storage.filesystem(out).exists(f"{out.removeprefix('s3://')}/run.json")
+
+
+def test_unreachable_bucket_is_a_clear_error(s3_endpoint, tmp_path):
+    with pytest.raises(Exception, match=r"s3://no-such-bucket-x/images.*(no such|AWS_ENDPOINT_URL)"):
+        run_detect(_config("s3://no-such-bucket-x/images", str(tmp_path / "o")))
+
+
+@pytest.mark.parametrize("fmt", ["tar", "parquet"])
+def test_shards(fmt, shapes, tmp_path):
+    shards = tmp_path / "shards"
+    result = prepare_shards(str(shapes / "images"), str(shards), fmt, annotations=str(shapes / "annotations.json"),
+                            images_per_shard=8)
+    assert result.num_shards == 3
+    (shards / f"shard-999999.{fmt}").write_bytes(b"not a shard at all")
+    out = str(tmp_path / "out")
+    summary = run_detect(_config(str(shards), out))
+    assert (summary.images_ok, summary.images_error) == (20, 1)
+    images, _ = _check_contract(out)
+    coco = json.loads((shapes / "annotations.json").read_text())
+    by_name = {im["file_name"]: im["id"] for im in coco["images"]}
+    ok = images[images.status == "ok"]
+    assert dict(zip(ok.uri.str.split("#").str[1], ok.image_id)) == by_name
+    assert ok.uri.str.match(rf".*/shard-00000[0-2]\.{fmt}#\d{{6}}\.png$").all()
+    bad = images[images.status == "error"]
+    assert bad.uri.iloc[0].endswith(f"shard-999999.{fmt}") and "shard unreadable" in bad.error.iloc[0]
+
+
+def test_resume_after_driver_killed(shapes, ray_cluster, tmp_path):
+    """Kill the driver (SIGKILL) once some parts are committed; the rerun does only the rest."""
+    out = tmp_path / "out"
+    args = [
+        sys.executable, "-m", "detbatch", "detect", "--input", str(shapes / "images"), "--output", str(out),
+        # A slower model (800 px input), so that the kill lands mid-run.
+        "--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights", "none", "--score-threshold", "0", "--batch-size", "1",
+        "--device", "cpu", "--ray-address", ray_cluster.address,
+        "--set", "model.detections_per_image=5", "--set", "input.images_per_unit=4", "--set", "output.rows_per_file=1",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list((out / "images").glob("*.parquet"))) < 3:
+            assert proc.poll() is None, "the driver finished before it could be killed"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    committed = len(list((out / "images").glob("*.parquet")))
+    assert 3 <= committed < 24 and not (out / "run.json").exists()
+    _wait_for_no_live_detectors()
+
+    config = _config(str(shapes / "images"), str(out), **{"input.images_per_unit": 4, "model.name": "fasterrcnn_mobilenet_v3_large_fpn"})
+    summary = run_detect(config)
+    assert summary.images_resumed >= 3 and summary.images_processed == 24 - summary.images_resumed
+    assert (summary.images_ok, summary.images_error, summary.detections) == (20, 4, 100)
+    images, _ = _check_contract(str(out))
+    assert len(images) == 24
+
+
+def _wait_for_no_live_detectors(timeout: float = 60) -> None:
+    """A killed driver's actors are reaped by Ray asynchronously; wait until they are gone."""
+    from ray.util.state import list_actors
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not list_actors(filters=[("class_name", "=", DETECTOR_CLASS), ("state", "=", "ALIVE")]):
+            return
+        time.sleep(0.5)
+    raise AssertionError("detector actors of the killed driver are still alive")
+
+
+def test_actor_killed_mid_run_is_replaced(shapes, tmp_path):
+    from ray.util.state import list_actors
+
+    out = tmp_path / "out"
+    config = _config(str(shapes / "images"), str(out),
+                     **{"inference.batch_size": 1, "output.rows_per_file": 1, "input.images_per_unit": 4,
+                        "model.name": "fasterrcnn_mobilenet_v3_large_fpn"})  # slow enough to be caught mid-run
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(summary=run_detect(config)))
+    thread.start()
+    deadline, killed, committed_at_kill = time.time() + 240, None, 0
+    while time.time() < deadline and killed is None and thread.is_alive():
+        committed_at_kill = len(list((out / "images").glob("*.parquet")))
+        if committed_at_kill >= 2:
+            alive = list_actors(filters=[("class_name", "=", DETECTOR_CLASS), ("state", "=", "ALIVE")], detail=True)
+            if alive:
+                killed = alive[0]
+                os.kill(killed.pid, signal.SIGKILL)
+        time.sleep(0.1)
+    thread.join(timeout=300)
+    assert killed is not None and committed_at_kill < 20, "the run ended before an actor could be killed"
+    summary = result["summary"]
+    assert (summary.images_ok, summary.images_error, summary.detections) == (20, 4, 100)
+    images, _ = _check_contract(str(out))
+    assert len(images) == 24
+
+
+def test_coco128_real_images(coco128, tmp_path):
+    out = str(tmp_path / "out")
+    config = _config(str(coco128 / "images"), out, **{"input.manifest": str(coco128 / "annotations/instances.json"),
+                                                         "input.images_per_unit": 64, "model.score_threshold": 0.01})
+    summary = run_detect(config)
+    coco = json.loads((coco128 / "annotations/instances.json").read_text())
+    assert summary.images_ok == len(coco["images"]) == 128 and summary.images_error == 0
+    images, _ = _check_contract(out)
+    truth = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+    assert {r.image_id: (r.width, r.height) for r in images.itertuples()} == truth
