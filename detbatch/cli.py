@@ -66,6 +66,40 @@ def _run_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="COCO mAP (exactly pycocotools') or VOC AP of a detect output against COCO ground truth",
+    )
+    p.add_argument("--detections", required=True, help="a detect output folder (RUN), any fsspec URI")
+    p.add_argument("--ground-truth", required=True, help="COCO instances JSON, local path or URI")
+    p.add_argument("--out", required=True, help="folder for metrics.json, report.md, pr_curves.png")
+    p.add_argument("--metric", choices=["coco", "voc"], default="coco")
+    p.add_argument("--iou-type", choices=["bbox"], default="bbox")
+    p.add_argument("--pair-by", choices=["auto", "image_id", "file_name"], default="auto",
+                   help="how detections find their ground-truth image (see docs/evaluate.md)")
+    p.add_argument("--ray-address", help="Ray cluster to use for large inputs (default: the job's, else local)")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from detbatch.evaluate import EvaluateConfig, run_evaluate, summary_lines
+
+    config = EvaluateConfig(
+        detections=args.detections,
+        ground_truth=args.ground_truth,
+        out=args.out,
+        metric=args.metric,
+        iou_type=args.iou_type,
+        pair_by=args.pair_by,
+        ray_address=args.ray_address,
+    )
+    metrics = run_evaluate(config)
+    print("\n".join(summary_lines(metrics)))
+    print(f"  metrics: {config.out}/metrics.json   report: {config.out}/report.md   curves: {config.out}/pr_curves.png")
+    return 0
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a labelled synthetic shapes dataset (images + COCO JSON)")
     p.add_argument("out", help="output folder/prefix (any fsspec URI)")
@@ -119,7 +153,13 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_detect, _add_synth, _add_prepare, _add_models)
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_detect,
+    _add_evaluate,
+    _add_synth,
+    _add_prepare,
+    _add_models,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,7 +56,9 @@ class InferenceConfig(_Section):
     max_actors: int = Field(1, ge=1)
     gpus_per_actor: float = Field(1.0, gt=0)
     cpus_per_actor: float = Field(1.0, gt=0)
-    """CPUs reserved per detector actor; also its torch thread count (at least 1)."""
+    """CPUs Ray reserves per detector actor."""
+    threads_per_actor: int | None = Field(None, ge=1)
+    """torch intra-op threads in each actor; default: ``cpus_per_actor`` (at least 1)."""
     decode_cpus: float = Field(1.0, gt=0)
     """CPUs reserved per decode task."""
     actor_resources: dict[str, float] = {}

@@ -149,7 +149,8 @@ def _pool_resources(config: DetectConfig) -> tuple[float, int, str]:
     use_gpu = inf.device == "cuda" or (inf.device == "auto" and has_gpu)
     if inf.device == "cuda" and not has_gpu:
         raise ConfigError("inference.device is 'cuda' but the Ray cluster has no GPU; use device: auto or cpu")
-    return (inf.gpus_per_actor if use_gpu else 0.0), max(1, int(inf.cpus_per_actor)), ("cuda" if use_gpu else "cpu")
+    threads = inf.threads_per_actor or max(1, int(inf.cpus_per_actor))
+    return (inf.gpus_per_actor if use_gpu else 0.0), threads, ("cuda" if use_gpu else "cpu")
 
 
 def run_detect(config: DetectConfig) -> DetectSummary:
