@@ -5,8 +5,9 @@
 Throughput: the same images (COCO128 × copies), the same model (random init), batch size and torch
 thread count, measured side by side in one run:
   - bare: one process, PIL decode + model, no Ray;
-  - detbatch: `run_detect` on a local Ray (ray.init excluded; listing, actor start, model load,
-    decode, inference, Parquet commits and run.json included).
+  - detbatch: `run_detect` on a local Ray started as `detbatch detect` starts it (ray.init and the
+    workers' preload of torch excluded as cluster start-up; listing, actor start, model load, decode,
+    inference, Parquet commits and run.json included).
 It prints both images/s and their ratio.
 
 Memory: detbatch on COCO128 × 1 and × N; peak RSS of the driver and of the largest Ray worker,
@@ -102,8 +103,10 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
 
     from detbatch.config import DetectConfig, load_config
     from detbatch.detect import run_detect
+    from detbatch.runtime import init_ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    init_ray("local", num_cpus=2)
+    time.sleep(10)  # cluster start-up, excluded: let the prestarted workers finish preloading torch
     config = load_config(
         DetectConfig,
         None,

@@ -7,9 +7,9 @@ import os
 
 logger = logging.getLogger(__name__)
 
-# Storage settings the driver was given; Ray workers on this machine inherit the driver's
-# environment, but passing them through the runtime env also reaches workers of a cluster started
-# elsewhere (`ray start`), so every stage sees the same endpoint.
+# Storage settings the driver was given, forwarded to the workers of a cluster that was started
+# elsewhere (`ray start`), so that every stage sees the same endpoint. A local Ray started here
+# inherits the driver's environment and needs no forwarding.
 _FORWARDED_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
@@ -21,22 +21,36 @@ _FORWARDED_ENV = (
     "AWS_PROFILE",
 )
 
+# Modules a local Ray's worker processes import as they start, before any actor needs them:
+# importing torch + torchvision takes seconds (torchvision.ops pulls in torch._dynamo), and every
+# detector actor would otherwise pay it after the job has started. On a cluster, set
+# RAY_preload_python_modules=torch,torchvision in the environment of `ray start` (see cluster.yaml).
+PRELOAD_MODULES = ["torch", "torchvision"]
 
-def init_ray(address: str | None = None) -> None:
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray once per process.
 
-    ``address=None`` means: the cluster of the job this runs in (``RAY_ADDRESS``, set by
-    ``ray job submit``), else a new local Ray. ``"auto"`` joins a running local cluster.
+    ``address=None``: the job's cluster (``RAY_ADDRESS``, set by ``ray job submit``), else a Ray
+    already running on this machine, else a new local Ray with torch preloaded in its workers.
+    ``"local"`` always starts a new local Ray (with ``num_cpus`` CPUs, default all). Any other value
+    is passed to ``ray.init`` (``"auto"``, ``"ray://host:10001"``).
     """
     import ray
 
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    ray.init(
-        address=address,
-        runtime_env={"env_vars": env} if env else None,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    runtime_env = {"env_vars": env} if env else None
+    common = {"logging_level": logging.WARNING, "log_to_driver": True}
+    local = {"address": "local", "num_cpus": num_cpus, "_system_config": {"preload_python_modules": PRELOAD_MODULES}}
+    if address == "local":
+        ray.init(**local, **common)
+    elif address is None and not os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address="auto", runtime_env=runtime_env, **common)
+        except ConnectionError:
+            ray.init(**local, **common)
+    else:
+        ray.init(address=address, runtime_env=runtime_env, **common)
     logger.info("connected to Ray: %s", ray.get_runtime_context().gcs_address)

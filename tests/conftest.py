@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -10,6 +11,10 @@ from pathlib import Path
 import pytest
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
+
+# Ray Data's usage poller queries a Prometheus that local clusters do not run and logs each miss at
+# DEBUG, from a daemon thread that outlives pytest's captured streams ("--- Logging error ---" at exit).
+logging.getLogger("ray.data._internal.usage.util").setLevel(logging.WARNING)
 
 
 def _free_port() -> int:
