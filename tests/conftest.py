@@ -69,9 +69,16 @@ def ray_cluster(s3_endpoint):
     import ray
     from ray.cluster_utils import Cluster
 
+    from detbatch.runtime import PRELOAD_MODULES
+
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {"node_a": 100, "detector_slot": 1}},
+        head_node_args={
+            "num_cpus": 2,
+            "resources": {"node_a": 100, "detector_slot": 1},
+            # As detbatch's own local Ray does: workers start with torch imported (runtime.PRELOAD_MODULES).
+            "_system_config": {"preload_python_modules": PRELOAD_MODULES},
+        },
     )
     cluster.add_node(num_cpus=2, resources={"node_b": 100, "detector_slot": 1})
     cluster.wait_for_nodes()
