@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "_detbatch/state.json"
 
 
+class DetectIncomplete(RuntimeError):
+    """The stream ended with images uncommitted; a rerun of the same command finishes them."""
+
+
 @dataclass
 class DetectSummary:
     output: str
@@ -175,7 +179,8 @@ def run_detect(config: DetectConfig) -> DetectSummary:
 
     log = sink.read_commit_log(output)
     sink.remove(log.debris)
-    units = [u for u in sources.plan_units(listing, config.input.images_per_unit, manifest) if u["unit"] not in log.finished]
+    all_units = sources.plan_units(listing, config.input.images_per_unit, manifest)
+    units = [u for u in all_units if u["unit"] not in log.finished]
     skips = {u["unit"]: log.skip(u["unit"]) for u in units if log.skip(u["unit"])}
     logger.info(
         "%s: %d %s inputs, %d units to do (%d finished earlier, %d images committed)",
@@ -225,10 +230,13 @@ def run_detect(config: DetectConfig) -> DetectSummary:
                 processed[key] += int(batch[key].to_numpy().sum())
 
     wall = time.perf_counter() - started
-    final_log = sink.read_commit_log(output)
-    missing = [u["unit"] for u in sources.plan_units(listing, config.input.images_per_unit, None) if u["unit"] not in final_log.finished]
+    finished_units = sink.read_commit_log(output).finished
+    missing = [u["unit"] for u in all_units if u["unit"] not in finished_units]
     if missing:
-        raise RuntimeError(f"{len(missing)} units did not complete (first: {missing[:5]}); rerun the same command to finish them")
+        raise DetectIncomplete(
+            f"{len(missing)} of {len(all_units)} units did not complete (first: {missing[:5]}); "
+            f"rerun the same command to finish them"
+        )
     totals = _count_output(output)
     images_done = processed["images_ok"] + processed["images_error"]
     summary = DetectSummary(
