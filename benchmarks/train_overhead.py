@@ -1,0 +1,150 @@
+"""Training throughput: ``detbatch train`` (Ray Train, Ray Data) against a bare torch loop, and 2 workers vs 1.
+
+    .venv/bin/python benchmarks/train_overhead.py [--images 512] [--epochs 3] [--batch-size 8] [--threads 1]
+
+Both sides train tiny_fcos from the same initialisation on the same synthetic images (128 px), with the
+same batch size, torch threads, optimizer and per-batch CPU work (:class:`detbatch.training.samples.Collate`:
+tensor conversion and a horizontal flip). The bare loop holds the decoded images in memory (the best a
+single process can do); ``detbatch train`` gets them from Ray's object store (``data.cache``) through
+``get_dataset_shard``. Images/s count training steps only (no validation, no start-up), over every epoch
+but the first (warm-up), as the ``images_per_s`` of ``metrics.jsonl``.
+
+Ray runs as a two-node local cluster (``ray.cluster_utils.Cluster``, one CPU per node): 1 worker, then 2
+workers spread over both nodes (DDP over gloo). Prints a Markdown table; ``--out FILE`` also writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def bare_loop(annotations: str, epochs: int, batch_size: int, threads: int, lr: float, seed: int) -> float:
+    """Images/s of a plain single-process loop over in-memory decoded images (epochs 2..N)."""
+    import torch
+
+    from detbatch.models import Categories
+    from detbatch.training.config import ModelConfig
+    from detbatch.training.data import load_source, read_image_files
+    from detbatch.training.model import build_starting_model
+    from detbatch.training.samples import Collate
+
+    torch.set_num_threads(threads)
+    source = load_source(annotations, None, None, "train")
+    items = {k: np.array([it[k] for it in source.items], dtype=object) for k in source.items[0]}
+    table = read_image_files(items, category_ids=[c["id"] for c in source.categories])
+    rows = {name: np.array(table.column(name).to_pylist(), dtype=object) for name in table.column_names}
+    categories = Categories.from_coco(source.categories)
+    torch.manual_seed(seed)
+    model = build_starting_model(ModelConfig(name="tiny_fcos", weights="none"), categories).model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    collate = Collate([c["id"] for c in source.categories], hflip=0.5, scale_jitter=None, seed=(seed,))
+    rng = np.random.default_rng(seed)
+    images, seconds = 0, 0.0
+    for epoch in range(epochs):
+        order = rng.permutation(len(table))
+        started = time.perf_counter()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            index = order[start : start + batch_size]
+            batch = collate({k: v[index] for k, v in rows.items()})
+            losses = model(batch.images, batch.targets)
+            loss = sum(losses.values())
+            if not np.isfinite(float(loss)):
+                raise FloatingPointError("non-finite loss in the bare loop")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if epoch > 0:
+                images += len(batch.images)
+        if epoch > 0:
+            seconds += time.perf_counter() - started
+    return images / seconds
+
+
+def detbatch_train(annotations: str, runs: str, name: str, workers: int, epochs: int, batch_size: int, threads: int,
+                   lr: float, seed: int) -> float:  # fmt: skip
+    """Images/s of ``detbatch train`` (epochs 2..N, from ``metrics.jsonl``)."""
+    from detbatch.config import load_config
+    from detbatch.training import TrainConfig, run_train
+    from detbatch.training.records import read_metrics
+
+    config = load_config(TrainConfig, None, {
+        "data.train_annotations": annotations, "data.val_fraction": 0.0, "data.cache": True, "data.seed": seed,
+        "data.hflip": 0.5, "data.scale_jitter": None, "data.read_cpus": 0.5,
+        "model.name": "tiny_fcos", "model.weights": "none",
+        "optim.optimizer": "adamw", "optim.lr": lr, "optim.batch_size": batch_size,
+        "schedule.epochs": epochs, "schedule.kind": "constant", "schedule.warmup_iters": 0,
+        "scaling.num_workers": workers, "scaling.cpus_per_worker": 1, "scaling.threads_per_worker": threads,
+        "scaling.placement_strategy": "SPREAD", "run.storage_path": runs, "run.name": name, "run.max_failures": 0,
+        "run.log_every": 1000,
+    })  # fmt: skip
+    result = run_train(config)
+    history = read_metrics(result.run_uri)[1:]
+    return sum(r["train_images"] for r in history) / sum(r["epoch_seconds"] for r in history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up and not counted")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per worker per step")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process/worker")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--workdir", help="where the images and runs go (default: a temporary folder)")
+    parser.add_argument("--out", help="also write the figures here as JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from detbatch.runtime import PRELOAD_MODULES
+    from detbatch.synth import synthesize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        data = work / "data"
+        if not (data / "annotations.json").exists():
+            synthesize(str(data), args.images, seed=0)
+        annotations = str(data / "annotations.json")
+        common = dict(epochs=args.epochs, batch_size=args.batch_size, threads=args.threads, lr=args.lr, seed=0)
+        figures: dict[str, float] = {"bare_1": bare_loop(annotations, **common)}
+
+        cluster = Cluster(initialize_head=True,
+                          head_node_args={"num_cpus": 1, "_system_config": {"preload_python_modules": PRELOAD_MODULES}})  # fmt: skip
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
+        try:
+            runs = str(work / f"runs-{int(time.time())}")
+            figures["detbatch_1"] = detbatch_train(annotations, runs, "one", 1, **common)
+            figures["detbatch_2"] = detbatch_train(annotations, runs, "two", 2, **common)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+        figures["bare_1_again"] = bare_loop(annotations, **common)
+
+    bare = (figures["bare_1"] + figures["bare_1_again"]) / 2
+    rows = [
+        ("bare torch loop, 1 process", figures["bare_1"], "first run"),
+        ("bare torch loop, 1 process", figures["bare_1_again"], "second run (after the Ray runs)"),
+        ("detbatch train, 1 worker", figures["detbatch_1"], f"{figures['detbatch_1'] / bare - 1:+.1%} vs the bare loop's mean"),
+        ("detbatch train, 2 workers on 2 nodes", figures["detbatch_2"], f"x{figures['detbatch_2'] / figures['detbatch_1']:.2f} vs 1 worker"),
+    ]
+    print(f"\n{args.images} images of 128 px, tiny_fcos, batch {args.batch_size} per worker, {args.threads} torch thread(s) "
+          f"per process, epochs 2..{args.epochs}\n")  # fmt: skip
+    print("| run | images/s | |\n|---|---:|---|")
+    for label, value, note in rows:
+        print(f"| {label} | {value:.1f} | {note} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({**vars(args), **figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

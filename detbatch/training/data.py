@@ -1,0 +1,336 @@
+"""Training data: COCO JSON + image files, or annotated shards, into Ray Datasets of decoded images.
+
+The driver reads only the annotations (a COCO JSON, or a shard set's ``dataset.json``) and builds a
+Dataset whose read tasks fetch the image bytes, decode them and clean their boxes, on any node's CPUs.
+The training workers receive the decoded rows (``ray.train.get_dataset_shard``); augmentation and
+collation happen there (:mod:`detbatch.training.samples`).
+
+Rows of a decoded dataset (:data:`DECODED_SCHEMA`): ``image_id``, ``uri``, ``pixels`` (raw RGB, uint8
+H x W x 3, row-major; empty when the image could not be read or decoded, ``error`` then says why),
+``height``, ``width``, and the image's valid annotations as flat lists: ``bbox`` (COCO xywh, 4 per box),
+``category_id``, ``area``, ``iscrowd``, with ``invalid_boxes`` counting the dropped ones.
+
+Without a validation file, images are split by a seeded hash of their ``image_id``
+(:func:`~detbatch.training.samples.is_validation`): the same split on every run, and no listing needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from detbatch import storage
+from detbatch.config import ConfigError
+from detbatch.decode import decode_image
+from detbatch.training.samples import clean_annotations, is_validation, parse_annotations
+
+if TYPE_CHECKING:
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
+DECODED_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("uri", pa.string()),
+        ("pixels", pa.large_binary()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("error", pa.string()),
+        ("bbox", pa.list_(pa.float64())),
+        ("category_id", pa.list_(pa.int64())),
+        ("area", pa.list_(pa.float64())),
+        ("iscrowd", pa.list_(pa.bool_())),
+        ("invalid_boxes", pa.int32()),
+    ]
+)
+# Image files per read task, and rows per block a shard reader yields: enough work per task that
+# scheduling costs little (a Ray task costs milliseconds; a small PNG decodes in a fraction of one),
+# small enough that a block of decoded photos stays in the tens of MB.
+FILES_PER_TASK = 64
+ROWS_PER_BLOCK = 64
+# Image reads in flight per read task: object-store GETs are latency-bound.
+_READ_THREADS = 8
+# Images whose existence the driver checks before starting: a wrong images folder fails in seconds.
+_PROBE_IMAGES = 3
+
+Split = Literal["train", "val", "all"]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where one split's images and annotations are, as the driver sees them.
+
+    ``kind``: ``images`` (``items``: one per image: ``image_id``, ``uri``, ``annotations`` JSON) or
+    ``tar``/``parquet`` (``items``: one per shard: ``uri``). ``categories``: the COCO ``categories``.
+    ``num_images``: images in the source (before any validation split).
+    """
+
+    kind: str
+    items: list[dict[str, Any]]
+    categories: list[dict[str, Any]]
+    num_images: int
+    description: str
+
+
+def load_source(annotations: str | None, images: str | None, shards: str | None, role: str) -> DataSource:
+    """Read a split's annotations (not its images). ``role`` names the config keys in error messages."""
+    if shards:
+        return _load_shards(shards, role)
+    assert annotations is not None
+    from detbatch.prepare import load_coco
+
+    coco = load_coco(annotations)
+    categories = [c for c in coco.get("categories", []) if isinstance(c, dict) and "id" in c]
+    if not categories:
+        raise ConfigError(f"{annotations}: no categories; data.{role}_annotations must be a COCO instances JSON with 'categories'")
+    root = images or _default_images(annotations, role)
+    by_image: dict[int, list[dict[str, Any]]] = {int(im["id"]): [] for im in coco["images"]}
+    for ann in coco.get("annotations", []):
+        by_image.setdefault(int(ann.get("image_id", -1)), []).append(ann)
+    items = [
+        {
+            "image_id": int(im["id"]),
+            "uri": storage.join(root, str(im["file_name"])),
+            "annotations": json.dumps(by_image[int(im["id"])], separators=(",", ":")),
+        }
+        for im in sorted(coco["images"], key=lambda im: int(im["id"]))
+    ]
+    if not items:
+        raise ConfigError(f"{annotations}: lists no images (data.{role}_annotations)")
+    _probe_images(items, root, role)
+    return DataSource("images", items, categories, len(items), f"{annotations} ({len(items)} images under {root})")
+
+
+def _default_images(annotations: str, role: str) -> str:
+    """``<json folder>/images`` (``detbatch synth``'s layout) or ``<json folder>/../images`` (COCO's)."""
+    folder = _dirname(annotations)
+    candidates = [storage.join(folder, "images"), storage.join(_dirname(folder), "images")]
+    for candidate in candidates:
+        fs, path = storage.resolve(candidate)
+        if fs.isdir(path):
+            logger.info("data.%s_images not given; using %s", role, candidate)
+            return candidate
+    raise ConfigError(
+        f"data.{role}_images not given and neither {candidates[0]} nor {candidates[1]} exists; "
+        f"give --{role}-images FOLDER (the folder the JSON's file_name are relative to)"
+    )
+
+
+def _dirname(uri: str) -> str:
+    return posixpath.dirname(uri.rstrip("/")) if "://" in uri else os.path.dirname(os.path.abspath(uri))
+
+
+def _probe_images(items: list[dict[str, Any]], root: str, role: str) -> None:
+    missing = []
+    for item in items[:_PROBE_IMAGES]:
+        fs, path = storage.resolve(item["uri"])
+        try:
+            if not fs.exists(path):
+                missing.append(item["uri"])
+        except Exception as e:  # botocore/aiohttp raise many types; all mean "cannot reach"
+            raise storage.StorageError(storage.describe_error(item["uri"], e)) from e
+    if len(missing) == min(len(items), _PROBE_IMAGES):
+        raise ConfigError(
+            f"images of data.{role}_annotations not found under {root} (e.g. {missing[0]}); "
+            f"check --{role}-images: file_name in the JSON are relative to it"
+        )
+
+
+def _load_shards(shards: str, role: str) -> DataSource:
+    uri = storage.join(shards, "dataset.json")
+    try:
+        meta = json.loads(storage.read_text(uri))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{uri} not found: data.{role}_shards must be a `detbatch prepare --annotations` output folder"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{uri} is not valid JSON ({e})") from None
+    if not meta.get("annotations"):
+        raise ConfigError(
+            f"{shards}: shards without annotations cannot train a detector; "
+            f"make them with `detbatch prepare IMAGES OUT --annotations COCO.json`"
+        )
+    categories = [c for c in meta.get("categories", []) if isinstance(c, dict) and "id" in c]
+    if not categories:
+        raise ConfigError(f"{uri}: no categories (data.{role}_shards); the annotations it was made from list none")
+    items = [{"uri": storage.join(shards, name)} for name in meta["shards"]]
+    return DataSource(meta["format"], items, categories, int(meta.get("num_images", 0)), f"{shards} ({len(items)} {meta['format']} shards)")
+
+
+def build_dataset(
+    source: DataSource, split: Split, category_ids: list[int], seed: int, val_fraction: float, read_cpus: float
+) -> "ray.data.Dataset":
+    """A Dataset of :data:`DECODED_SCHEMA` rows: the ``split`` of ``source`` (``all``: every image)."""
+    import ray.data
+
+    kwargs = {"category_ids": list(category_ids), "split": split, "seed": seed, "val_fraction": val_fraction}
+    if source.kind == "images":
+        items = [it for it in source.items if _in_split(it["image_id"], split, seed, val_fraction)]
+        if not items:
+            raise ConfigError(f"the {split} split of {source.description} is empty; change data.val_fraction")
+        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // FILES_PER_TASK))
+        return ds.map_batches(
+            read_image_files, batch_size=FILES_PER_TASK, num_cpus=read_cpus, batch_format="numpy", fn_kwargs=kwargs
+        )
+    ds = ray.data.from_items(source.items, override_num_blocks=len(source.items))
+    return ds.map_batches(read_shards, batch_size=1, num_cpus=read_cpus, batch_format="numpy", fn_kwargs=kwargs)
+
+
+def count_rows(source: DataSource, split: Split, seed: int, val_fraction: float) -> int:
+    """Rows the split yields: exact for image files; for shards, the expected share of ``num_images``."""
+    if source.kind == "images":
+        return sum(_in_split(it["image_id"], split, seed, val_fraction) for it in source.items)
+    share = {"all": 1.0, "train": 1.0 - val_fraction, "val": val_fraction}[split]
+    return int(source.num_images * share)
+
+
+def _in_split(image_id: int, split: Split, seed: int, val_fraction: float) -> bool:
+    if split == "all":
+        return True
+    return is_validation(image_id, seed, val_fraction) == (split == "val")
+
+
+# ---------------------------------------------------------------------------------------------
+# Read tasks (run in Ray Data tasks)
+# ---------------------------------------------------------------------------------------------
+
+
+def read_image_files(batch: dict[str, np.ndarray], **kwargs: Any) -> pa.Table:
+    """Read, decode and clean a batch of image items (``image_id``, ``uri``, ``annotations``)."""
+
+    def read(uri: str) -> tuple[bytes | None, str | None]:
+        try:
+            return storage.read_bytes(uri), None
+        except FileNotFoundError:
+            return None, "file not found"
+        except Exception as e:  # per-image failures are data
+            return None, f"read failed: {type(e).__name__}: {e}"
+
+    uris = [str(u) for u in batch["uri"]]
+    with ThreadPoolExecutor(min(_READ_THREADS, len(uris))) as pool:
+        reads = list(pool.map(read, uris))
+    samples = [
+        (uri, int(image_id), data, error, annotations)
+        for uri, image_id, (data, error), annotations in zip(uris, batch["image_id"], reads, batch["annotations"])
+    ]
+    return decoded_table(samples, kwargs["category_ids"])
+
+
+def read_shards(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[pa.Table]:
+    """Read, decode and clean the images of a batch of shards, in blocks of :data:`ROWS_PER_BLOCK`."""
+    split, seed, fraction = kwargs["split"], kwargs["seed"], kwargs["val_fraction"]
+    pending: list[tuple[str, int, bytes | None, str | None, str | None]] = []
+    for shard in batch["uri"]:
+        shard = str(shard)
+        samples = _tar_samples(shard) if shard.endswith(".tar") else _parquet_samples(shard)
+        for sample in samples:
+            image_id = sample[1]
+            # Unreadable samples (no image_id) are counted once, in the training split.
+            if (image_id < 0 and split == "val") or (image_id >= 0 and not _in_split(image_id, split, seed, fraction)):
+                continue
+            pending.append(sample)
+            if len(pending) == ROWS_PER_BLOCK:
+                yield decoded_table(pending, kwargs["category_ids"])
+                pending = []
+    if pending:
+        yield decoded_table(pending, kwargs["category_ids"])
+
+
+def _tar_samples(shard: str) -> Iterator[tuple[str, int, bytes | None, str | None, str | None]]:
+    """``(uri, image_id, bytes, error, annotations JSON)`` per sample of a WebDataset shard whose
+    ``KEY.json`` members carry ``image_id`` and ``annotations`` (``detbatch prepare --annotations``)."""
+    from detbatch.sources import IMAGE_EXTENSIONS
+
+    key, image, meta = None, None, None
+
+    def sample() -> tuple[str, int, bytes | None, str | None, str | None]:
+        name = image[0] if image else f"{key}.?"
+        if image is None:
+            return f"{shard}#{name}", int((meta or {}).get("image_id", -1)), None, "no image member in the sample", None
+        annotations = json.dumps((meta or {}).get("annotations") or [], separators=(",", ":"))
+        return f"{shard}#{name}", int((meta or {}).get("image_id", -1)), image[1], None, annotations
+
+    try:
+        fs, path = storage.resolve(shard)
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = posixpath.basename(member.name)
+                member_key = posixpath.join(posixpath.dirname(member.name), base.split(".", 1)[0])
+                ext = "." + base.split(".", 1)[1].lower() if "." in base else ""
+                if member_key != key:
+                    if key is not None:
+                        yield sample()
+                    key, image, meta = member_key, None, None
+                data = tar.extractfile(member).read()
+                if ext in IMAGE_EXTENSIONS:
+                    image = (member.name, data)
+                elif ext == ".json":
+                    meta = json.loads(data)
+            if key is not None:
+                yield sample()
+    except Exception as e:  # a truncated shard: what was read stands, the rest is one error row
+        yield shard, -1, None, f"shard unreadable: {type(e).__name__}: {e}", None
+
+
+def _parquet_samples(shard: str) -> Iterator[tuple[str, int, bytes | None, str | None, str | None]]:
+    import pyarrow.parquet as pq
+
+    try:
+        fs, path = storage.resolve(shard)
+        with fs.open(path, "rb") as f:
+            columns = ["file_name", "image", "image_id", "annotations"]
+            for part in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BLOCK, columns=columns):
+                rows = part.to_pydict()
+                for name, data, image_id, annotations in zip(*(rows[c] for c in columns)):
+                    yield f"{shard}#{name}", -1 if image_id is None else int(image_id), data, None, annotations
+    except Exception as e:
+        yield shard, -1, None, f"shard unreadable: {type(e).__name__}: {e}", None
+
+
+def decoded_table(
+    samples: list[tuple[str, int, bytes | None, str | None, str | None]], category_ids: list[int]
+) -> pa.Table:
+    """``(uri, image_id, bytes, error, annotations JSON)`` samples -> a :data:`DECODED_SCHEMA` table."""
+    ids = np.asarray(sorted(category_ids), dtype=np.int64)
+    columns: dict[str, list[Any]] = {name: [] for name in DECODED_SCHEMA.names}
+    for uri, image_id, data, error, annotations in samples:
+        pixels = None
+        if error is None:
+            pixels, error = decode_image(data)
+        if error is None and image_id < 0:
+            pixels, error = None, "no image_id in the shard (make shards with --annotations)"
+        if pixels is None:
+            height = width = 0
+            clean = clean_annotations([], 0, 0, ids)
+        else:
+            height, width = pixels.shape[:2]
+            try:
+                clean = clean_annotations(parse_annotations(annotations), width, height, ids)
+            except (ValueError, TypeError) as e:
+                pixels, error, clean = None, f"annotations unreadable: {e}", clean_annotations([], 0, 0, ids)
+        columns["image_id"].append(image_id)
+        columns["uri"].append(uri)
+        columns["pixels"].append(b"" if pixels is None else np.ascontiguousarray(pixels).tobytes())
+        columns["height"].append(height)
+        columns["width"].append(width)
+        columns["error"].append(error)
+        columns["bbox"].append(clean.bbox.reshape(-1))
+        columns["category_id"].append(clean.category_id)
+        columns["area"].append(clean.area)
+        columns["iscrowd"].append(clean.iscrowd)
+        columns["invalid_boxes"].append(clean.num_invalid)
+    return pa.Table.from_pydict(columns, schema=DECODED_SCHEMA)
