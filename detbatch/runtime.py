@@ -28,11 +28,21 @@ _FORWARDED_ENV = (
 PRELOAD_MODULES = ["torch", "torchvision"]
 
 
+def _current_cluster() -> str | None:
+    """The cluster ``ray.init()`` would join (``ray start``'s address file), if any."""
+    try:
+        from ray._private.utils import read_ray_address
+    except ImportError:  # moved in another Ray version: let ray.init() decide
+        return "unknown"
+    return read_ray_address()
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray once per process.
 
-    ``address=None``: the job's cluster (``RAY_ADDRESS``, set by ``ray job submit``), else a Ray
-    already running on this machine, else a new local Ray with torch preloaded in its workers.
+    ``address=None``: the job's cluster (``RAY_ADDRESS``, set by ``ray job submit``), else the Ray
+    last started on this machine with ``ray start`` (Ray's own rule), else a new local Ray with torch
+    preloaded in its workers.
     ``"local"`` always starts a new local Ray (with ``num_cpus`` CPUs, default all). Any other value
     is passed to ``ray.init`` (``"auto"``, ``"ray://host:10001"``).
     """
@@ -44,13 +54,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     runtime_env = {"env_vars": env} if env else None
     common = {"logging_level": logging.WARNING, "log_to_driver": True}
     local = {"address": "local", "num_cpus": num_cpus, "_system_config": {"preload_python_modules": PRELOAD_MODULES}}
-    if address == "local":
+    start_here = address == "local" or (address is None and not os.environ.get("RAY_ADDRESS") and not _current_cluster())
+    if start_here:
         ray.init(**local, **common)
-    elif address is None and not os.environ.get("RAY_ADDRESS"):
-        try:
-            ray.init(address="auto", runtime_env=runtime_env, **common)
-        except ConnectionError:
-            ray.init(**local, **common)
     else:
         ray.init(address=address, runtime_env=runtime_env, **common)
     logger.info("connected to Ray: %s", ray.get_runtime_context().gcs_address)
