@@ -71,17 +71,30 @@ def ray_cluster(s3_endpoint):
 
     from detbatch.runtime import PRELOAD_MODULES
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "resources": {"node_a": 100, "detector_slot": 1},
-            # As detbatch's own local Ray does: workers start with torch imported (runtime.PRELOAD_MODULES).
-            "_system_config": {"preload_python_modules": PRELOAD_MODULES},
-        },
-    )
-    cluster.add_node(num_cpus=2, resources={"node_b": 100, "detector_slot": 1})
-    cluster.wait_for_nodes()
+    def start() -> Cluster:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 2,
+                "resources": {"node_a": 100, "detector_slot": 1},
+                # As detbatch's own local Ray does: workers start with torch imported (runtime.PRELOAD_MODULES).
+                "_system_config": {"preload_python_modules": PRELOAD_MODULES},
+            },
+        )
+        try:
+            cluster.add_node(num_cpus=2, resources={"node_b": 100, "detector_slot": 1})
+            cluster.wait_for_nodes()
+        except Exception:
+            cluster.shutdown()
+            raise
+        return cluster
+
+    # Ray gives a raylet 30 s to register, which a loaded 2-core machine can miss: one retry.
+    try:
+        cluster = start()
+    except Exception as e:  # "The current node timed out during startup"
+        logging.getLogger(__name__).warning("Ray test cluster failed to start (%s); retrying once", e)
+        cluster = start()
     ray.init(address=cluster.address)
     yield cluster
     ray.shutdown()
