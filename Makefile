@@ -30,7 +30,7 @@ demo: $(STAMP)
 	@echo "Where to look, under $(DEMO)/:"
 	@echo "  model/            the trained checkpoint: detbatch detect --weights $(DEMO)/model (or export)"
 	@echo "  train/demo/       the training run: metrics.jsonl, loss_curve.png, ap_curve.png, checkpoints"
-	@echo "  detections/       held-out detections (Parquet): pandas.read_parquet('$(DEMO)/detections')"
+	@echo "  detections/       held-out detections (Parquet): pandas.read_parquet('$(DEMO)/detections/detections')"
 	@echo "  evaluation/       metrics.json, report.md, pr_curves.png"
 	@$(BIN)/python -c "import json; m = json.load(open('$(DEMO)/evaluation/metrics.json')); \
 		print('held-out mAP (COCO): AP %.3f, AP50 %.3f' % (m['AP'], m['AP50']))"
