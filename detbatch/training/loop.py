@@ -140,6 +140,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(saved_state["optimizer"])
         scheduler.load_state_dict(saved_state["scheduler"])
         scaler.load_state_dict(saved_state["scaler"])
+    stepper = Stepper(model, params, optimizer, scheduler, scaler, device, amp, world, cfg.optim.clip_grad_norm)
 
     nodes = _gather(ray.get_runtime_context().get_node_id(), world)
     train_shard = ray.train.get_dataset_shard("train")
@@ -156,7 +157,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         model.train()
         try:
-            stats = _train_epoch(model, params, batches, optimizer, scheduler, scaler, cfg, epoch, step, steps_per_epoch, device, amp, rank, world)
+            stats = stepper.run_epoch(batches, epoch, step, steps_per_epoch, cfg.run.log_every if rank == 0 else None)
         except NonFiniteLoss as e:
             # Every worker sees the same summed loss, so all stop here, at the same step, and report why
             # (an exception would make Ray Train restart the run and hit the same NaN again).
@@ -199,28 +200,50 @@ def _ray_collate(collate: Collate) -> Any:
     return RayCollate()
 
 
-def _train_epoch(
-    model: "torch.nn.Module",
-    params: list["torch.nn.Parameter"],
-    batches: Any,
-    optimizer: "torch.optim.Optimizer",
-    scheduler: Any,
-    scaler: Any,
-    cfg: TrainConfig,
-    epoch: int,
-    step: int,
-    steps_per_epoch: int,
-    device: "torch.device",
-    amp: bool,
-    rank: int,
-    world: int,
-) -> EpochStats:
-    import torch
-    import torch.distributed as dist
+@dataclass
+class Stepper:
+    """One worker's optimizer steps: the model (DDP-wrapped with several workers) and what steps it."""
 
-    stats = EpochStats()
-    started = time.perf_counter()
-    for batch in batches:
+    model: "torch.nn.Module"
+    params: list["torch.nn.Parameter"]
+    optimizer: "torch.optim.Optimizer"
+    scheduler: Any
+    scaler: Any
+    device: "torch.device"
+    amp: bool
+    world: int
+    clip_grad_norm: float | None = None
+
+    def run_epoch(self, batches: Any, epoch: int, first_step: int, steps_per_epoch: int, log_every: int | None) -> EpochStats:
+        """Train on ``batches`` (:class:`Batch`); raise :class:`NonFiniteLoss` on a NaN/inf loss of any worker.
+
+        ``epoch`` is 0-based, ``first_step`` the global step of the first batch; ``log_every``: log the
+        running loss every so many steps (None: do not log; rank 0 logs).
+        """
+        stats = EpochStats()
+        started = time.perf_counter()
+        for batch in batches:
+            values, names = self._step(batch, first_step + stats.steps, epoch)
+            stats.steps += 1
+            n_loss = 1 + len(names)
+            for k, v in zip(["loss", *names], values[:n_loss]):
+                stats.losses[k] = stats.losses.get(k, 0.0) + v / self.world
+            stats.images += values[n_loss]
+            stats.skipped_images += values[n_loss + 1]
+            stats.invalid_boxes += values[n_loss + 2]
+            if log_every and stats.steps % log_every == 0:
+                rate = stats.images / (time.perf_counter() - started)
+                logger.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f images/s", epoch + 1, stats.steps, steps_per_epoch,
+                            values[0] / self.world, self.optimizer.param_groups[0]["lr"], rate)  # fmt: skip
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    def _step(self, batch: Batch, step: int, epoch: int) -> tuple[list[float], list[str]]:
+        """One step; returns the all-reduced [loss, each loss, images, skipped, invalid boxes] and loss names."""
+        import torch
+        import torch.distributed as dist
+
+        device = self.device
         images = [im.to(device, non_blocking=True) for im in batch.images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets]
         weight = 1.0
@@ -228,40 +251,28 @@ def _train_epoch(
             images = [torch.zeros(3, _BLANK_SIZE, _BLANK_SIZE, device=device)]
             targets = [{"boxes": torch.zeros(0, 4, device=device), "labels": torch.zeros(0, dtype=torch.int64, device=device)}]
             weight = 0.0
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            losses = model(images, targets)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            losses = self.model(images, targets)
         names = sorted(losses)
         loss = sum(losses[k] for k in names) * weight
         # One small all-reduce per step: every worker learns the summed losses, so a NaN anywhere stops
         # all of them at the same step, and the logged losses are the job's, not one worker's.
-        summary = torch.stack([loss.detach().float(), *(losses[k].detach().float() * weight for k in names)])
-        summary = torch.cat([summary, torch.tensor([len(batch.images), batch.skipped, batch.invalid_boxes], device=device, dtype=torch.float32)])
-        if world > 1:
+        counts = torch.tensor([len(batch.images), batch.skipped, batch.invalid_boxes], device=device, dtype=torch.float32)
+        summary = torch.cat([torch.stack([loss.detach().float(), *(losses[k].detach().float() * weight for k in names)]), counts])
+        if self.world > 1:
             dist.all_reduce(summary)
         values = summary.tolist()
         if not all(math.isfinite(v) for v in values[: 1 + len(names)]):
-            raise NonFiniteLoss(step + stats.steps, epoch + 1, {k: v / world for k, v in zip(["loss", *names], values)})
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.optim.clip_grad_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        stats.steps += 1
-        n_loss = 1 + len(names)
-        for k, v in zip(["loss", *names], values[:n_loss]):
-            stats.losses[k] = stats.losses.get(k, 0.0) + v / world
-        stats.images += values[n_loss]
-        stats.skipped_images += values[n_loss + 1]
-        stats.invalid_boxes += values[n_loss + 2]
-        if rank == 0 and stats.steps % cfg.run.log_every == 0:
-            rate = stats.images / (time.perf_counter() - started)
-            logger.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f images/s", epoch + 1, stats.steps, steps_per_epoch,
-                        values[0] / world, optimizer.param_groups[0]["lr"], rate)  # fmt: skip
-    stats.seconds = time.perf_counter() - started
-    return stats
+            raise NonFiniteLoss(step, epoch + 1, {k: v / self.world for k, v in zip(["loss", *names], values)})
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return values, names
 
 
 def _epoch_metrics(stats: EpochStats, epoch: int, step: int, optimizer: Any, resumed_from: int, world: int, nodes: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 
 from detbatch.training.config import ScheduleConfig, TrainConfig
 from detbatch.training.job import TrainError, _result
-from detbatch.training.loop import NonFiniteLoss, _train_epoch, lr_factor
+from detbatch.training.loop import NonFiniteLoss, Stepper, lr_factor
 from detbatch.training.samples import Batch
 
 
@@ -54,10 +54,9 @@ def test_nan_loss_stops_naming_the_iteration():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    cfg = TrainConfig()
+    stepper = Stepper(model, list(model.parameters()), optimizer, scheduler, scaler, torch.device("cpu"), amp=False, world=1)
     with pytest.raises(NonFiniteLoss) as info:
-        _train_epoch(model, list(model.parameters()), _batches(5), optimizer, scheduler, scaler, cfg,
-                     epoch=1, step=40, steps_per_epoch=5, device=torch.device("cpu"), amp=False, rank=0, world=1)  # fmt: skip
+        stepper.run_epoch(_batches(5), epoch=1, first_step=40, steps_per_epoch=5, log_every=1)
     assert info.value.step == 42 and info.value.epoch == 2
     assert math.isnan(info.value.losses["loss_classifier"])
     assert info.value.losses["loss_box_reg"] == pytest.approx(0.5 * model.w.item())
