@@ -66,6 +66,10 @@ class InferenceConfig(_Section):
     to nodes that advertise them (``ray start --resources``)."""
     max_retries: int = Field(3, ge=0)
     """Times a batch is retried when its actor dies (the actor is replaced)."""
+    calls_in_flight: int = Field(1, ge=1)
+    """Calls (of ``output.rows_per_file`` images) queued on each actor at once. 1 keeps the tail of a
+    run balanced: work waits in the pool's queue, not behind a busy actor, so no actor idles while
+    another still holds queued calls. Raise it only if actors wait for input between calls."""
 
 
 class RayConfig(_Section):

@@ -217,7 +217,8 @@ def run_detect(config: DetectConfig) -> DetectSummary:
                 ),
                 # One call = one committed file pair; the model sees mini-batches of batch_size.
                 batch_size=config.output.rows_per_file,
-                compute=ActorPoolStrategy(min_size=inf.min_actors, max_size=inf.max_actors),
+                compute=ActorPoolStrategy(min_size=inf.min_actors, max_size=inf.max_actors,
+                                           max_tasks_in_flight_per_actor=inf.calls_in_flight),
                 num_cpus=inf.cpus_per_actor,
                 num_gpus=gpus,
                 resources=inf.actor_resources or None,
