@@ -130,10 +130,6 @@ def test_s3_checkpoints_and_a_rerun_resumes(shapes, s3_bucket):
     assert load_checkpoint(second.latest_checkpoint)["epoch"] == 2  # detect --weights takes the s3:// URI
 
 
-@pytest.mark.skip(
-    reason="issue 4 open: after the loop refactor of 2026-11-27 the run ends with SystemExit(15) once a worker "
-    "is killed, instead of restoring from the checkpoint; to be fixed before issue 4 is resolved"
-)
 def test_worker_killed_mid_epoch_is_recovered(shapes, tmp_path):
     from ray.util.state import list_actors
 
