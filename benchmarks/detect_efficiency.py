@@ -68,13 +68,17 @@ def run_bare(folder: Path, model: str, batch_size: int, threads: int) -> dict:
 
 
 class PeakSampler:
-    """Peak RSS of this process and of its largest descendant (the Ray workers), sampled."""
+    """Peak memory of this process and of its largest descendant (the Ray workers), sampled.
 
-    def __init__(self, interval: float = 0.2):
+    RSS counts the object-store pages a worker has mapped (decoded images it wrote or read), which
+    Ray bounds separately (``object_store_memory``); USS is the process's own memory only.
+    """
+
+    def __init__(self, interval: float = 0.5):
         import psutil
 
         self.me = psutil.Process()
-        self.driver = self.worker = 0
+        self.driver = self.worker = self.driver_uss = self.worker_uss = 0
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -83,11 +87,13 @@ class PeakSampler:
         import psutil
 
         while not self._stop.is_set():
-            self.driver = max(self.driver, self.me.memory_info().rss)
+            mine = self.me.memory_full_info()
+            self.driver, self.driver_uss = max(self.driver, mine.rss), max(self.driver_uss, mine.uss)
             for child in self.me.children(recursive=True):
                 try:
                     if "ray::" in " ".join(child.cmdline()[:1]):
-                        self.worker = max(self.worker, child.memory_info().rss)
+                        info = child.memory_full_info()
+                        self.worker, self.worker_uss = max(self.worker, info.rss), max(self.worker_uss, info.uss)
                 except psutil.Error:
                     pass
             time.sleep(self.interval)
@@ -148,6 +154,8 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
         "images_per_second_after_first_commit": after,
         "peak_driver_rss_mb": peaks.driver / 2**20,
         "peak_worker_rss_mb": peaks.worker / 2**20,
+        "peak_driver_uss_mb": peaks.driver_uss / 2**20,
+        "peak_worker_uss_mb": peaks.worker_uss / 2**20,
     }
 
 
@@ -227,8 +235,9 @@ def memory(args) -> None:
     for n, run in zip(args.memory_copies, (small, large)):
         print(f"  x{n}: {run['images']} images, {run['images_per_second']:.2f} images/s end to end, "
               f"{run['images_per_second_after_first_commit']:.2f} after the first commit ({run['first_commit_s']:.1f} s)")
-    for key, label in (("peak_driver_rss_mb", "driver"), ("peak_worker_rss_mb", "largest worker")):
-        print(f"  {label:15s}: {small[key]:7.0f} MB -> {large[key]:7.0f} MB  growth {large[key] / small[key]:.2f}x"
+    for key, label in (("peak_driver_rss_mb", "driver RSS"), ("peak_worker_rss_mb", "largest worker RSS"),
+                       ("peak_driver_uss_mb", "driver USS"), ("peak_worker_uss_mb", "largest worker USS")):
+        print(f"  {label:19s}: {small[key]:7.0f} MB -> {large[key]:7.0f} MB  growth {large[key] / small[key]:.2f}x"
               f"  (goal <= 1.2x)")
 
 
