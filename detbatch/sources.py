@@ -199,39 +199,50 @@ def _read_files(uris: list[str], image_ids: list[int]) -> Iterator[tuple[str, in
             yield uri, image_id, None, f"read failed: {type(e).__name__}: {e}"
 
 
+def tar_samples(shard: str) -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """WebDataset grouping: ``(key, [(extension, member name, bytes), ...])`` per sample, in tar order.
+
+    A sample is the run of consecutive file members sharing a key (the member path up to the first dot
+    of its base name); the extension is lower-cased, with its dot (``.jpg``, ``.json``). Errors of the
+    storage or of the tar itself propagate to the caller.
+    """
+    fs, path = storage.resolve(shard)
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        key, members = None, []
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = posixpath.basename(member.name)
+            member_key = posixpath.join(posixpath.dirname(member.name), base.split(".", 1)[0])
+            ext = "." + base.split(".", 1)[1].lower() if "." in base else ""
+            if member_key != key:
+                if key is not None:
+                    yield key, members
+                key, members = member_key, []
+            members.append((ext, member.name, tar.extractfile(member).read()))
+        if key is not None:
+            yield key, members
+
+
 def _read_tar(shard: str, root: str, manifest: dict[str, int] | None) -> Iterator[tuple[str, int, bytes | None, str | None]]:
     """WebDataset samples: members sharing a key; the image member is any image extension,
     an optional ``KEY.json`` may give ``image_id`` and ``file_name``."""
-    sample_key, image, meta = None, None, None
-
-    def flush():
-        name = (meta or {}).get("file_name") or image[0]
-        uri = f"{shard}#{image[0]}"
-        return uri, _image_id(uri, name, manifest, (meta or {}).get("image_id")), image[1], None
-
     try:
-        fs, path = storage.resolve(shard)
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = posixpath.basename(member.name)
-                key = posixpath.join(posixpath.dirname(member.name), base.split(".", 1)[0])
-                ext = "." + base.split(".", 1)[1].lower() if "." in base else ""
-                if key != sample_key:
-                    if image is not None:
-                        yield flush()
-                    sample_key, image, meta = key, None, None
-                data = tar.extractfile(member).read()
+        for _, members in tar_samples(shard):
+            image, meta = None, None
+            for ext, name, data in members:
                 if ext in IMAGE_EXTENSIONS:
-                    image = (member.name, data)
+                    image = (name, data)
                 elif ext == ".json":
                     try:
                         meta = json.loads(data)
                     except json.JSONDecodeError:
                         meta = None
-            if image is not None:
-                yield flush()
+            if image is None:
+                continue
+            uri = f"{shard}#{image[0]}"
+            name = (meta or {}).get("file_name") or image[0]
+            yield uri, _image_id(uri, name, manifest, (meta or {}).get("image_id")), image[1], None
     except Exception as e:
         # A truncated or corrupt shard: what was read so far stands, the rest is one error row.
         yield shard, derived_image_id(shard), None, f"shard unreadable: {type(e).__name__}: {e}"

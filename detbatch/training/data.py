@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import posixpath
-import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -251,37 +250,22 @@ def read_shards(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[pa.Tabl
 def _tar_samples(shard: str) -> Iterator[tuple[str, int, bytes | None, str | None, str | None]]:
     """``(uri, image_id, bytes, error, annotations JSON)`` per sample of a WebDataset shard whose
     ``KEY.json`` members carry ``image_id`` and ``annotations`` (``detbatch prepare --annotations``)."""
-    from detbatch.sources import IMAGE_EXTENSIONS
-
-    key, image, meta = None, None, None
-
-    def sample() -> tuple[str, int, bytes | None, str | None, str | None]:
-        name = image[0] if image else f"{key}.?"
-        if image is None:
-            return f"{shard}#{name}", int((meta or {}).get("image_id", -1)), None, "no image member in the sample", None
-        annotations = json.dumps((meta or {}).get("annotations") or [], separators=(",", ":"))
-        return f"{shard}#{name}", int((meta or {}).get("image_id", -1)), image[1], None, annotations
+    from detbatch.sources import IMAGE_EXTENSIONS, tar_samples
 
     try:
-        fs, path = storage.resolve(shard)
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = posixpath.basename(member.name)
-                member_key = posixpath.join(posixpath.dirname(member.name), base.split(".", 1)[0])
-                ext = "." + base.split(".", 1)[1].lower() if "." in base else ""
-                if member_key != key:
-                    if key is not None:
-                        yield sample()
-                    key, image, meta = member_key, None, None
-                data = tar.extractfile(member).read()
+        for key, members in tar_samples(shard):
+            image, meta = None, None
+            for ext, name, data in members:
                 if ext in IMAGE_EXTENSIONS:
-                    image = (member.name, data)
+                    image = (name, data)
                 elif ext == ".json":
                     meta = json.loads(data)
-            if key is not None:
-                yield sample()
+            image_id = int((meta or {}).get("image_id", -1))
+            if image is None:
+                yield f"{shard}#{key}.?", image_id, None, "no image member in the sample", None
+                continue
+            annotations = json.dumps((meta or {}).get("annotations") or [], separators=(",", ":"))
+            yield f"{shard}#{image[0]}", image_id, image[1], None, annotations
     except Exception as e:  # a truncated shard: what was read stands, the rest is one error row
         yield shard, -1, None, f"shard unreadable: {type(e).__name__}: {e}", None
 

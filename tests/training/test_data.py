@@ -93,3 +93,31 @@ def test_sources_fail_fast_with_the_fix(shapes, tmp_path):
     with pytest.raises(ConfigError, match="dataset.json not found"):
         load_source(None, None, str(tmp_path / "nowhere"), "train")
     assert os.path.isdir(shapes / "images")
+
+
+def test_tar_samples_without_an_image_or_cut_short_become_error_rows(tmp_path):
+    import io
+    import tarfile
+
+    from detbatch.training.data import _tar_samples
+
+    def meta(image_id: int) -> bytes:
+        return json.dumps({"image_id": image_id, "annotations": [{"bbox": [1, 2, 3, 4], "category_id": 1}]}).encode()
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(3000)  # bytes only: the reader does not decode
+    members = [("a.png", png), ("a.json", meta(7)), ("b.json", meta(8)), ("c.png", png), ("c.json", meta(9))]
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    rows = list(_tar_samples(str(shard)))
+    assert [(r[0].rsplit("#", 1)[1], r[1], r[3]) for r in rows] == [
+        ("a.png", 7, None), ("b.?", 8, "no image member in the sample"), ("c.png", 9, None)]  # fmt: skip
+    assert rows[0][2] == png and json.loads(rows[0][4]) == [{"bbox": [1, 2, 3, 4], "category_id": 1}]
+
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(shard.read_bytes()[: 512 * 13])  # stops inside c.png
+    rows = list(_tar_samples(str(cut)))
+    assert [r[1] for r in rows[:2]] == [7, 8] and rows[-1][0] == str(cut) and "shard unreadable" in rows[-1][3]
