@@ -27,8 +27,11 @@ class InputConfig(_Section):
     format: Literal["auto", "images", "tar", "parquet"] = "auto"
     manifest: str | None = None
     """Optional COCO JSON whose ``images[].file_name`` (relative to ``uri``) give each file its ``image_id``."""
-    images_per_unit: int = Field(256, ge=1)
-    """Commit granularity for image files: a rerun redoes at most part of one unit per failure."""
+    images_per_unit: int | None = Field(None, ge=1)
+    """Image files per read task and resume grain (a rerun redoes at most part of one unit per failure).
+    Default: ``output.rows_per_file``, so that one unit's decoded images reach the pool as one call.
+    Ray Data cuts a task's output into blocks of up to 128 MiB and hands an actor whole blocks, so a
+    unit larger than a call makes one actor take several calls while others wait."""
 
 
 class OutputConfig(_Section):

@@ -63,12 +63,17 @@ def fingerprint(config: DetectConfig) -> dict[str, Any]:
         "input": config.input.uri,
         "format": config.input.format,
         "manifest": config.input.manifest,
-        "images_per_unit": config.input.images_per_unit,
+        "images_per_unit": images_per_unit(config),
         "model": config.model.name,
         "weights": config.model.weights,
         "score_threshold": config.model.score_threshold,
         "detections_per_image": config.model.detections_per_image,
     }
+
+
+def images_per_unit(config: DetectConfig) -> int:
+    """``input.images_per_unit``, by default one call's worth (``output.rows_per_file``)."""
+    return config.input.images_per_unit or config.output.rows_per_file
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
@@ -112,19 +117,29 @@ def _prepare_output(config: DetectConfig, listing: sources.InputListing) -> dict
 
 
 def _library_versions() -> dict[str, str]:
-    import pyarrow
-    import ray
-    import torch
-    import torchvision
+    """Installed versions, found without importing the packages (importing torch costs the driver seconds)."""
+    return {"detbatch": __version__, "python": platform.python_version(),
+            **{package: _installed_version(package) for package in ("ray", "torch", "torchvision", "pyarrow")}}
 
-    return {
-        "detbatch": __version__,
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pyarrow": pyarrow.__version__,
-    }
+
+def _installed_version(package: str) -> str:
+    """``package.__version__`` as the package reports it, local build tag included (torch's ``+cu130``),
+    read from its ``version.py`` or metadata without importing it."""
+    import importlib.util
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(package)
+    version_file = Path(spec.origin).with_name("version.py") if spec and spec.origin else None
+    if version_file is not None and version_file.exists():
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", version_file.read_text(), re.MULTILINE)
+        if found:
+            return found.group(1)
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _read_stage(
@@ -144,6 +159,31 @@ def _read_stage(
             yield pa.Table.from_pylist(rows, schema=sources.READ_SCHEMA)
 
 
+def read_and_decode(
+    units: list[dict[str, Any]],
+    listing: sources.InputListing,
+    manifest: dict[str, int] | None,
+    skips: dict[int, list[tuple[int, int]]],
+    decode_cpus: float,
+) -> "ray.data.Dataset":
+    """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
+    leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
+    ``rows_per_file`` images reaches the pool as one call."""
+    import ray
+
+    # Shards need the manifest in the workers; image files carry their ids in the unit rows.
+    shard_manifest = manifest if listing.kind != "images" else None
+    return (
+        ray.data.from_items(units, override_num_blocks=len(units))
+        .map_batches(_read_stage, batch_size=1, fn_kwargs={"root": listing.root, "manifest": shard_manifest, "skips": skips},
+                     num_cpus=decode_cpus)
+        # batch_size=None: decode each block the reader yields. Ray fuses the two stages into one task
+        # that takes max(batch sizes) input rows, and input rows are units: a batch size here would
+        # put that many units in one task, whose output then reaches a single actor.
+        .map_batches(decode_batch, batch_size=None, num_cpus=decode_cpus)
+    )
+
+
 def _pool_resources(config: DetectConfig) -> tuple[float, int, str]:
     """(GPUs per actor, torch threads per actor, device) for this cluster."""
     import ray
@@ -159,7 +199,6 @@ def _pool_resources(config: DetectConfig) -> tuple[float, int, str]:
 
 def run_detect(config: DetectConfig) -> DetectSummary:
     """Run (or resume) a detect job as described by ``config``; returns its summary."""
-    import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     from detbatch.models import check_weights
@@ -179,7 +218,7 @@ def run_detect(config: DetectConfig) -> DetectSummary:
 
     log = sink.read_commit_log(output)
     sink.remove(log.debris)
-    all_units = sources.plan_units(listing, config.input.images_per_unit, manifest)
+    all_units = sources.plan_units(listing, images_per_unit(config), manifest)
     units = [u for u in all_units if u["unit"] not in log.finished]
     skips = {u["unit"]: log.skip(u["unit"]) for u in units if log.skip(u["unit"])}
     logger.info(
@@ -196,13 +235,8 @@ def run_detect(config: DetectConfig) -> DetectSummary:
 
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
     if units:
-        # Shards need the manifest in the workers; image files carry their ids in the unit rows.
-        shard_manifest = manifest if listing.kind != "images" else None
         ds = (
-            ray.data.from_items(units, override_num_blocks=len(units))
-            .map_batches(_read_stage, batch_size=1, fn_kwargs={"root": listing.root, "manifest": shard_manifest, "skips": skips},
-                         num_cpus=inf.decode_cpus)
-            .map_batches(decode_batch, batch_size=sources.ROWS_PER_READ_BATCH, num_cpus=inf.decode_cpus)
+            read_and_decode(units, listing, manifest, skips, inf.decode_cpus)
             .map_batches(
                 Detector.configured(
                     model=config.model.name,

@@ -19,7 +19,7 @@ import pytest
 
 from detbatch import storage
 from detbatch.config import ConfigError, DetectConfig, load_config
-from detbatch.detect import run_detect
+from detbatch.detect import images_per_unit, read_and_decode, run_detect
 from detbatch.prepare import prepare_shards
 from detbatch.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA
 from detbatch.sources import derived_image_id
@@ -142,6 +142,36 @@ def test_local_end_to_end_pool_on_both_nodes(shapes, tmp_path):
     changed.input.images_per_unit = 64
     assert run_detect(changed).images_ok == 20
     assert json.loads(Path(out, "run.json").read_text())["fingerprint"]["score_threshold"] == 0.5
+
+
+def test_each_unit_reaches_the_pool_as_one_block(shapes, ray_cluster):
+    """One read task per unit, its images in one block: Ray would otherwise fuse several units into a
+    task and hand their images to a single actor while the others wait."""
+    from detbatch import sources
+
+    config = _config(str(shapes / "images"), "unused", **{"output.rows_per_file": 6})
+    assert config.input.images_per_unit is None and images_per_unit(config) == 6  # default: one call
+    listing = sources.list_input(config.input.uri, "auto")
+    units = sources.plan_units(listing, images_per_unit(config), None)
+    assert [len(u["uris"]) for u in units] == [6, 6, 6, 6]  # 24 files: 20 images + 4 bad ones
+    blocks = list(read_and_decode(units, listing, None, {}, decode_cpus=0.5).iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert sorted((b["unit"][0].as_py(), b.num_rows, len(set(b["unit"].to_pylist()))) for b in blocks) == [
+        (u, 6, 1) for u in range(4)
+    ]
+
+
+def test_run_json_versions_are_the_installed_ones():
+    """Read from package files, without importing torch in the driver (seconds on a small machine)."""
+    import pyarrow
+    import ray
+    import torch
+    import torchvision
+
+    from detbatch.detect import _library_versions
+
+    versions = _library_versions()
+    assert versions["torch"] == torch.__version__ and versions["torchvision"] == torchvision.__version__
+    assert versions["ray"] == ray.__version__ and versions["pyarrow"] == pyarrow.__version__
 
 
 def test_s3_input_output_with_manifest(s3_bucket):
