@@ -104,7 +104,7 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from detbatch.runtime import PRELOAD_MODULES
+    from detbatch.runtime import local_ray_env
     from detbatch.synth import synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,9 +116,9 @@ def main() -> None:
         common = dict(epochs=args.epochs, batch_size=args.batch_size, threads=args.threads, lr=args.lr, seed=0)
         figures: dict[str, float] = {"bare_1": bare_loop(annotations, **common)}
 
-        cluster = Cluster(initialize_head=True,
-                          head_node_args={"num_cpus": 1, "_system_config": {"preload_python_modules": PRELOAD_MODULES}})  # fmt: skip
-        cluster.add_node(num_cpus=1)
+        with local_ray_env():  # workers as detbatch's local Ray runs them
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+            cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level=logging.WARNING)
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +23,31 @@ _FORWARDED_ENV = (
     "AWS_PROFILE",
 )
 
-# Modules a local Ray's worker processes import as they start, before any actor needs them:
-# importing torch + torchvision takes seconds (torchvision.ops pulls in torch._dynamo), and every
-# detector actor would otherwise pay it after the job has started. On a cluster, set
-# RAY_preload_python_modules=torch,torchvision in the environment of `ray start` (see cluster.yaml).
-PRELOAD_MODULES = ["torch", "torchvision"]
+# Workers do not preload torch (Ray's `preload_python_modules`): every worker would pay ~6 CPU-s and
+# ~300 MB for it, the decode tasks included, which never use torch; only the detector actors and the
+# training workers import it. Measured in docs/benchmarks.md ("detect (issue 2)").
+
+# Environment of the Ray processes a local Ray starts here. Ray's wheel ships jemalloc and preloads it
+# into its own daemons; RAY_LD_PRELOAD_ON_WORKERS=1 keeps it in the workers too. With glibc's malloc a
+# CPU detector's heap climbs over the first few hundred images to about twice its working set (freed
+# activation buffers of each image shape stay in its arenas); jemalloc holds it near the working set.
+# Its default decay (returning freed pages to the OS after 10 s) halves CPU inference speed here, as
+# the next batch faults the same pages back in; never decaying keeps glibc's speed with the smaller
+# footprint. Measured in docs/benchmarks.md ("Detector memory: glibc vs jemalloc"). Settings already in the environment
+# win; on a cluster, export both in `ray start`'s environment (see cluster.yaml).
+WORKER_ENV = {"RAY_LD_PRELOAD_ON_WORKERS": "1", "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+
+
+@contextmanager
+def local_ray_env() -> Iterator[None]:
+    """While a local Ray starts: :data:`WORKER_ENV` in the environment its processes inherit."""
+    added = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _current_cluster() -> str | None:
@@ -41,8 +63,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray once per process.
 
     ``address=None``: the job's cluster (``RAY_ADDRESS``, set by ``ray job submit``), else the Ray
-    last started on this machine with ``ray start`` (Ray's own rule), else a new local Ray with torch
-    preloaded in its workers.
+    last started on this machine with ``ray start`` (Ray's own rule), else a new local Ray whose
+    workers run with :data:`WORKER_ENV`.
     ``"local"`` always starts a new local Ray (with ``num_cpus`` CPUs, default all). Any other value
     is passed to ``ray.init`` (``"auto"``, ``"ray://host:10001"``).
     """
@@ -53,10 +75,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     common = {"logging_level": logging.WARNING, "log_to_driver": True}
-    local = {"address": "local", "num_cpus": num_cpus, "_system_config": {"preload_python_modules": PRELOAD_MODULES}}
+    local = {"address": "local", "num_cpus": num_cpus}
     start_here = address == "local" or (address is None and not os.environ.get("RAY_ADDRESS") and not _current_cluster())
     if start_here:
-        ray.init(**local, **common)
+        with local_ray_env():
+            ray.init(**local, **common)
     else:
         ray.init(address=address, runtime_env=runtime_env, **common)
     logger.info("connected to Ray: %s", ray.get_runtime_context().gcs_address)

@@ -69,16 +69,18 @@ def ray_cluster(s3_endpoint):
     import ray
     from ray.cluster_utils import Cluster
 
-    from detbatch.runtime import PRELOAD_MODULES
+    from detbatch.runtime import local_ray_env
 
     def start() -> Cluster:
+        with local_ray_env():  # workers as detbatch's local Ray runs them (jemalloc; runtime.WORKER_ENV)
+            return _start()
+
+    def _start() -> Cluster:
         cluster = Cluster(
             initialize_head=True,
             head_node_args={
                 "num_cpus": 2,
                 "resources": {"node_a": 100, "detector_slot": 1},
-                # As detbatch's own local Ray does: workers start with torch imported (runtime.PRELOAD_MODULES).
-                "_system_config": {"preload_python_modules": PRELOAD_MODULES},
             },
         )
         try:

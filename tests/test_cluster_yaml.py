@@ -59,6 +59,8 @@ def test_gpu_workers_autoscale_from_zero(cluster_config):
 def test_nodes_run_the_tested_versions_with_token_auth(cluster_config):
     from importlib.metadata import version
 
+    from detbatch.runtime import WORKER_ENV
+
     assert cluster_config["docker"]["image"].startswith(f"rayproject/ray:{version('ray')}-")
     setup = " ".join(cluster_config["setup_commands"])
     for package in ("torch", "torchvision"):  # the local build tag (+cu130, +cpu) is the wheel's, not the version's
@@ -67,6 +69,9 @@ def test_nodes_run_the_tested_versions_with_token_auth(cluster_config):
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = " ".join(cluster_config[key])
         assert "RAY_AUTH_MODE=token" in start and "ray start" in start
+        # Workers run as detbatch's local Ray runs them (jemalloc, no decay).
+        for name, value in WORKER_ENV.items():
+            assert f"{name}={value}" in start, f"{key} must export {name}={value}"
 
 
 def _upload_names(root: Path, tmp_path: Path) -> tuple[list[str], int]:
