@@ -114,7 +114,6 @@ def run_train(config: TrainConfig) -> TrainResult:
 
     done_before = max((r["epoch"] for r in records.read_metrics(run_uri)), default=0)
     result = _fit(config, datasets, categories, run_uri, train_rows, has_val=val_ds is not None)
-    prune_checkpoints(run_uri, _kept_checkpoints(result, config.run.keep_checkpoints, has_val=val_ds is not None))
     train_result = _result(config, result, run_uri, has_val=val_ds is not None)
     train_result.already_complete = done_before >= config.schedule.epochs
     train_result.wall_seconds = time.perf_counter() - started
@@ -229,36 +228,6 @@ def _fit(config: TrainConfig, datasets: dict[str, Any], categories: Categories, 
             f"training failed after {config.run.max_failures} restarts (run.max_failures): {e}; "
             f"rerun with the same --name to resume from the latest checkpoint in {run_uri}"
         ) from e
-
-
-def _kept_checkpoints(result: Any, keep: int, has_val: bool) -> set[str]:
-    """Paths of the checkpoints ``run.keep_checkpoints`` keeps: the best ``keep`` by val AP (the latest
-    without validation), and the latest, which a resume starts from."""
-    ranked = sorted(result.best_checkpoints or [], key=lambda cm: cm[1].get("val_AP" if has_val else "epoch", -1.0), reverse=True)
-    kept = {checkpoint.path for checkpoint, _ in ranked[:keep]}
-    if result.checkpoint is not None:
-        kept.add(result.checkpoint.path)
-    return kept
-
-
-def prune_checkpoints(run_uri: str, kept: set[str]) -> list[str]:
-    """Delete the run's checkpoint folders (``checkpoint_epoch-NNNN``) not in ``kept``; return their paths.
-
-    Ray Train applies ``num_to_keep`` as each report arrives but skips a checkpoint whose report is still
-    pending then, and does not come back to it: with epochs of a second, a run kept three checkpoints
-    where one was asked for. This applies the rule once more after the run.
-    """
-    fs, path = storage.resolve(run_uri)
-    found = {p.rstrip("/") for p in fs.glob(storage.join(path, "checkpoint_epoch-*")) if fs.isdir(p)}
-    wanted = {p.rstrip("/") for p in kept}
-    if not wanted or not wanted <= found:  # the kept ones must be seen here, else delete nothing
-        logger.warning("not pruning checkpoints in %s: kept %s not among %s", run_uri, sorted(wanted), sorted(found))
-        return []
-    stale = sorted(found - wanted)
-    for p in stale:
-        logger.info("deleting %s: beyond run.keep_checkpoints", p)
-        fs.rm(p, recursive=True)
-    return stale
 
 
 def _checkpoint_uri(checkpoint: Any, storage_path: str) -> str | None:

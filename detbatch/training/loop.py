@@ -184,7 +184,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(folder),
-                    checkpoint_dir_name=f"checkpoint_epoch-{epoch + 1:04d}",  # job.prune_checkpoints relies on it
+                    checkpoint_dir_name=f"checkpoint_epoch-{epoch + 1:04d}",
                 )
         else:
             ray.train.report(metrics)
