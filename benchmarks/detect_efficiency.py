@@ -93,17 +93,19 @@ class PeakSampler:
     def _run(self):
         import psutil
 
+        from detbatch.evaluate import proc_status_mib
+
         while not self._stop.is_set():
             mine = self.me.memory_full_info()
             self.driver, self.driver_uss = max(self.driver, mine.rss), max(self.driver_uss, mine.uss)
-            self.driver_anon = max(self.driver_anon, _rss_anon(self.me.pid))
+            self.driver_anon = max(self.driver_anon, proc_status_mib("RssAnon") or 0.0)
             for child in self.me.children(recursive=True):
                 try:
                     if "ray::" in " ".join(child.cmdline()[:1]):
                         info = child.memory_full_info()
                         self.worker, self.worker_uss = max(self.worker, info.rss), max(self.worker_uss, info.uss)
-                        self.worker_anon = max(self.worker_anon, _rss_anon(child.pid))
-                except (psutil.Error, OSError):
+                        self.worker_anon = max(self.worker_anon, proc_status_mib("RssAnon", child.pid) or 0.0)
+                except psutil.Error:
                     pass
             time.sleep(self.interval)
 
@@ -114,15 +116,6 @@ class PeakSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-
-
-def _rss_anon(pid: int) -> int:
-    """Resident private anonymous memory of a process, in bytes (Linux)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: int, actors: int, rows_per_file: int) -> dict:
@@ -174,8 +167,8 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
         "peak_worker_rss_mb": peaks.worker / 2**20,
         "peak_driver_uss_mb": peaks.driver_uss / 2**20,
         "peak_worker_uss_mb": peaks.worker_uss / 2**20,
-        "peak_driver_private_mb": peaks.driver_anon / 2**20,
-        "peak_worker_private_mb": peaks.worker_anon / 2**20,
+        "peak_driver_private_mb": peaks.driver_anon,
+        "peak_worker_private_mb": peaks.worker_anon,
     }
 
 

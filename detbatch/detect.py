@@ -63,17 +63,12 @@ def fingerprint(config: DetectConfig) -> dict[str, Any]:
         "input": config.input.uri,
         "format": config.input.format,
         "manifest": config.input.manifest,
-        "images_per_unit": images_per_unit(config),
+        "images_per_unit": config.input.images_per_unit,
         "model": config.model.name,
         "weights": config.model.weights,
         "score_threshold": config.model.score_threshold,
         "detections_per_image": config.model.detections_per_image,
     }
-
-
-def images_per_unit(config: DetectConfig) -> int:
-    """``input.images_per_unit``, by default one call's worth (``output.rows_per_file``)."""
-    return config.input.images_per_unit or config.output.rows_per_file
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
@@ -83,8 +78,9 @@ def _read_json(uri: str) -> dict[str, Any] | None:
         return None
 
 
-def _prepare_output(config: DetectConfig, listing: sources.InputListing) -> dict[str, Any] | None:
-    """Check OUTPUT against this run; return the finished run.json if there is nothing left to do."""
+def _prepare_output(config: DetectConfig, listing: sources.InputListing) -> tuple[DetectConfig, dict[str, Any] | None]:
+    """Check OUTPUT against this run. Returns the config with its unit size settled, and the finished
+    run.json if there is nothing left to do."""
     output = config.output.uri
     fs, path = storage.resolve(output)
     if config.output.overwrite and fs.exists(path):
@@ -92,6 +88,11 @@ def _prepare_output(config: DetectConfig, listing: sources.InputListing) -> dict
         fs.rm(path, recursive=True)
     state_uri = storage.join(output, STATE_FILE)
     state = _read_json(state_uri)
+    if config.input.images_per_unit is None:
+        # One call's worth, or the unit size of the run being resumed: units are positions in the
+        # output, and output.rows_per_file, which does not change results, may change between runs.
+        config = config.model_copy(deep=True)
+        config.input.images_per_unit = (state or {}).get("fingerprint", {}).get("images_per_unit") or config.output.rows_per_file
     wanted = {"fingerprint": fingerprint(config), "listing_digest": listing.digest, "num_inputs": len(listing.uris)}
     if state is not None:
         if state["fingerprint"] != wanted["fingerprint"]:
@@ -106,14 +107,11 @@ def _prepare_output(config: DetectConfig, listing: sources.InputListing) -> dict
                 f"{output} was started on a different set of input files ({state['num_inputs']} then, "
                 f"{len(listing.uris)} now); use another --output, or --overwrite to start over"
             )
-        finished = _read_json(storage.join(output, "run.json"))
-        if finished is not None:
-            return finished
-    elif fs.exists(path) and fs.ls(path):
+        return config, _read_json(storage.join(output, "run.json"))
+    if fs.exists(path) and fs.ls(path):
         raise ConfigError(f"{output} is not empty and holds no detbatch run; choose an empty --output or use --overwrite")
-    else:
-        storage.write_text(state_uri, json.dumps(wanted, indent=2))
-    return None
+    storage.write_text(state_uri, json.dumps(wanted, indent=2))
+    return config, None
 
 
 def _library_versions() -> dict[str, str]:
@@ -210,7 +208,7 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     output = config.output.uri
     listing = sources.list_input(config.input.uri, config.input.format)
     manifest = sources.load_manifest(config.input.manifest) if config.input.manifest else None
-    finished = _prepare_output(config, listing)
+    config, finished = _prepare_output(config, listing)
     if finished is not None:
         counts = finished["counts"]
         return DetectSummary(output, counts["images_ok"], counts["images_error"], counts["detections"], 0,
@@ -218,7 +216,7 @@ def run_detect(config: DetectConfig) -> DetectSummary:
 
     log = sink.read_commit_log(output)
     sink.remove(log.debris)
-    all_units = sources.plan_units(listing, images_per_unit(config), manifest)
+    all_units = sources.plan_units(listing, config.input.images_per_unit, manifest)
     units = [u for u in all_units if u["unit"] not in log.finished]
     skips = {u["unit"]: log.skip(u["unit"]) for u in units if log.skip(u["unit"])}
     logger.info(

@@ -249,10 +249,10 @@ def _detection_counts(gt: GroundTruth, dt: Detections, unpaired: int) -> dict[st
 # ---------------------------------------------------------------------------------------- local / Ray
 
 
-def _proc_status_mib(field: str) -> float | None:
-    """A memory line of /proc/self/status (Linux), MiB; None elsewhere."""
+def proc_status_mib(field: str, pid: int | str = "self") -> float | None:
+    """A memory line (``VmHWM``, ``RssAnon``, ...) of /proc/PID/status (Linux), MiB; None elsewhere."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
@@ -264,7 +264,7 @@ def _proc_status_mib(field: str) -> float | None:
 def _peak_rss_mib() -> float:
     """Peak resident memory of this process, MiB (in a Ray worker: object-store pages it touched too)."""
     # VmHWM starts afresh at exec; ru_maxrss keeps the peak of the process that forked this one.
-    peak = _proc_status_mib("VmHWM")
+    peak = proc_status_mib("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -282,7 +282,7 @@ class _PrivateMemoryPeak:
 
     def _sample(self) -> None:
         while True:
-            self.peak_mib = max(self.peak_mib, _proc_status_mib("RssAnon") or 0.0)
+            self.peak_mib = max(self.peak_mib, proc_status_mib("RssAnon") or 0.0)
             if self._stop.wait(0.05):
                 return
 
@@ -293,7 +293,7 @@ class _PrivateMemoryPeak:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mib = max(self.peak_mib, _proc_status_mib("RssAnon") or 0.0)
+        self.peak_mib = max(self.peak_mib, proc_status_mib("RssAnon") or 0.0)
 
 
 def _evaluate_local(

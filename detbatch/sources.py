@@ -224,22 +224,30 @@ def tar_samples(shard: str) -> Iterator[tuple[str, list[tuple[str, str, bytes]]]
             yield key, members
 
 
+def sample_parts(members: list[tuple[str, str, bytes]]) -> tuple[tuple[str, bytes] | None, bytes | None]:
+    """A :func:`tar_samples` sample's ``(member name, bytes)`` of its image (any image extension; the
+    last wins) and the bytes of its ``KEY.json``, each None when absent."""
+    image, meta = None, None
+    for ext, name, data in members:
+        if ext in IMAGE_EXTENSIONS:
+            image = (name, data)
+        elif ext == ".json":
+            meta = data
+    return image, meta
+
+
 def _read_tar(shard: str, root: str, manifest: dict[str, int] | None) -> Iterator[tuple[str, int, bytes | None, str | None]]:
     """WebDataset samples: members sharing a key; the image member is any image extension,
     an optional ``KEY.json`` may give ``image_id`` and ``file_name``."""
     try:
         for _, members in tar_samples(shard):
-            image, meta = None, None
-            for ext, name, data in members:
-                if ext in IMAGE_EXTENSIONS:
-                    image = (name, data)
-                elif ext == ".json":
-                    try:
-                        meta = json.loads(data)
-                    except json.JSONDecodeError:
-                        meta = None
+            image, meta_json = sample_parts(members)
             if image is None:
                 continue
+            try:
+                meta = json.loads(meta_json) if meta_json is not None else None
+            except json.JSONDecodeError:
+                meta = None
             uri = f"{shard}#{image[0]}"
             name = (meta or {}).get("file_name") or image[0]
             yield uri, _image_id(uri, name, manifest, (meta or {}).get("image_id")), image[1], None

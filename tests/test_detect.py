@@ -19,7 +19,7 @@ import pytest
 
 from detbatch import storage
 from detbatch.config import ConfigError, DetectConfig, load_config
-from detbatch.detect import images_per_unit, read_and_decode, run_detect
+from detbatch.detect import _prepare_output, read_and_decode, run_detect
 from detbatch.prepare import prepare_shards
 from detbatch.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA
 from detbatch.sources import derived_image_id
@@ -144,15 +144,20 @@ def test_local_end_to_end_pool_on_both_nodes(shapes, tmp_path):
     assert json.loads(Path(out, "run.json").read_text())["fingerprint"]["score_threshold"] == 0.5
 
 
-def test_each_unit_reaches_the_pool_as_one_block(shapes, ray_cluster):
+def test_each_unit_reaches_the_pool_as_one_block(shapes, ray_cluster, tmp_path):
     """One read task per unit, its images in one block: Ray would otherwise fuse several units into a
     task and hand their images to a single actor while the others wait."""
     from detbatch import sources
 
-    config = _config(str(shapes / "images"), "unused", **{"output.rows_per_file": 6})
-    assert config.input.images_per_unit is None and images_per_unit(config) == 6  # default: one call
+    config = _config(str(shapes / "images"), str(tmp_path / "out"), **{"output.rows_per_file": 6})
     listing = sources.list_input(config.input.uri, "auto")
-    units = sources.plan_units(listing, images_per_unit(config), None)
+    assert config.input.images_per_unit is None
+    config, _ = _prepare_output(config, listing)
+    assert config.input.images_per_unit == 6  # default: one call
+    # A rerun may change rows_per_file (it does not change results): it keeps the units it started with.
+    rerun, finished = _prepare_output(_config(config.input.uri, config.output.uri, **{"output.rows_per_file": 10}), listing)
+    assert rerun.input.images_per_unit == 6 and finished is None
+    units = sources.plan_units(listing, config.input.images_per_unit, None)
     assert [len(u["uris"]) for u in units] == [6, 6, 6, 6]  # 24 files: 20 images + 4 bad ones
     blocks = list(read_and_decode(units, listing, None, {}, decode_cpus=0.5).iter_batches(batch_size=None, batch_format="pyarrow"))
     assert sorted((b["unit"][0].as_py(), b.num_rows, len(set(b["unit"].to_pylist()))) for b in blocks) == [

@@ -250,16 +250,12 @@ def read_shards(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[pa.Tabl
 def _tar_samples(shard: str) -> Iterator[tuple[str, int, bytes | None, str | None, str | None]]:
     """``(uri, image_id, bytes, error, annotations JSON)`` per sample of a WebDataset shard whose
     ``KEY.json`` members carry ``image_id`` and ``annotations`` (``detbatch prepare --annotations``)."""
-    from detbatch.sources import IMAGE_EXTENSIONS, tar_samples
+    from detbatch.sources import sample_parts, tar_samples
 
     try:
         for key, members in tar_samples(shard):
-            image, meta = None, None
-            for ext, name, data in members:
-                if ext in IMAGE_EXTENSIONS:
-                    image = (name, data)
-                elif ext == ".json":
-                    meta = json.loads(data)
+            image, meta_json = sample_parts(members)
+            meta = json.loads(meta_json) if meta_json is not None else None
             image_id = int((meta or {}).get("image_id", -1))
             if image is None:
                 yield f"{shard}#{key}.?", image_id, None, "no image member in the sample", None
