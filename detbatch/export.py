@@ -208,7 +208,7 @@ def export_model(
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     if model is None:
-        if not models._is_checkpoint_uri(weights):
+        if not models.is_checkpoint_uri(weights):
             raise ValueError(f"--weights {weights!r} is not a checkpoint: give --model to say which detector it is for")
         model = models.load_checkpoint(weights)["model"]["name"]  # read again by build_detector: simple beats fast here
     models.check_weights(model, weights)

@@ -117,7 +117,8 @@ def _weights_enum(name: str, weights: str):
         raise ValueError(f"unknown weights {weights!r} for {name}; choose one of: {valid}") from None
 
 
-def _is_checkpoint_uri(weights: str) -> bool:
+def is_checkpoint_uri(weights: str) -> bool:
+    """Whether ``--weights`` names a checkpoint (a path or URI) rather than torchvision weights or ``none``."""
     return "/" in weights or weights.endswith(".pt") or "://" in weights
 
 
@@ -127,7 +128,7 @@ def check_weights(name: str, weights: str) -> None:
 
     if weights.lower() == "none":
         check_model_name(name)
-    elif _is_checkpoint_uri(weights):
+    elif is_checkpoint_uri(weights):
         path = weights if weights.endswith(".pt") else storage.join(weights, "model.pt")
         fs, fs_path = storage.resolve(path)
         if not fs.exists(fs_path):
@@ -222,7 +223,7 @@ def build_detector(
             raise ValueError(f"{name} has no pretrained categories; give --weights a checkpoint URI")
         model = build_model(name, categories.num_classes, None, None, score_threshold, detections_per_image)
         loaded_as = "none"
-    elif _is_checkpoint_uri(weights):
+    elif is_checkpoint_uri(weights):
         ckpt = load_checkpoint(weights)
         saved = ckpt["model"]["name"]
         if saved != name:
