@@ -255,6 +255,9 @@ def run_detect(config: DetectConfig) -> DetectSummary:
                 num_gpus=gpus,
                 resources=inf.actor_resources or None,
                 # A dead actor is replaced and its batch retried, up to max_retries times per batch.
+                # (Ray Data's own default retries forever, so a batch that kills every actor it
+                # reaches would never end the job.) Ray 2.60 deprecates this argument without a named
+                # replacement; docs/detect.md, "Retries", says what to do when it goes.
                 ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": inf.max_retries},
             )
         )
