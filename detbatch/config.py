@@ -69,6 +69,10 @@ class InferenceConfig(_Section):
     to nodes that advertise them (``ray start --resources``)."""
     max_retries: int = Field(3, ge=0)
     """Times a batch is retried when its actor dies (the actor is replaced)."""
+    object_store_fraction: float | None = Field(None, gt=0, le=1)
+    """Share of the object store that Ray Data may fill for this job, mostly decoded images waiting for
+    the pool; ``None``: Ray Data's default (0.5). Lower it where node memory is tight: the buffer, and
+    with it the actors' mapped memory, shrinks with it (docs/scaling.md)."""
     calls_in_flight: int = Field(1, ge=1)
     """Calls (of ``output.rows_per_file`` images) queued on each actor at once. 1 keeps the tail of a
     run balanced: work waits in the pool's queue, not behind a busy actor, so no actor idles while

@@ -227,9 +227,12 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     init_ray(config.ray.address)
     gpus, threads, device = _pool_resources(config)
     inf = config.inference
+    context = DataContext.get_current()
     # Rows reach the actors in (unit, index) order, so that each call commits few, long parts.
     # (Correctness does not depend on it: write_parts splits any batch into contiguous runs.)
-    DataContext.get_current().execution_options.preserve_order = True
+    context.execution_options.preserve_order = True
+    # How much decoded pixels may pile up ahead of the pool (None: Ray Data's default).
+    context.override_object_store_memory_limit_fraction = inf.object_store_fraction
 
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
     if units:

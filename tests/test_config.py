@@ -35,6 +35,13 @@ def test_bad_value_names_key_and_value(tmp_path):
         load_config(DetectConfig, str(path))
 
 
+@pytest.mark.parametrize("fraction", [0, 1.5])
+def test_object_store_fraction_is_a_share(fraction):
+    with pytest.raises(ConfigError, match=rf"inference.object_store_fraction.*got {fraction}"):
+        load_config(DetectConfig, None, {"inference.object_store_fraction": fraction})
+    assert load_config(DetectConfig, None, {"inference.object_store_fraction": 0.1}).inference.object_store_fraction == 0.1
+
+
 def test_pool_bounds_checked():
     with pytest.raises(ConfigError, match=r"min_actors \(3\) > max_actors \(2\)"):
         load_config(DetectConfig, None, {"inference.min_actors": 3, "inference.max_actors": 2})

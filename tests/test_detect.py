@@ -90,13 +90,16 @@ def test_local_end_to_end_pool_on_both_nodes(shapes, tmp_path):
         str(shapes / "images"),
         out,
         **{"inference.min_actors": 2, "inference.max_actors": 2, "inference.actor_resources": {"detector_slot": 1},
-           "input.images_per_unit": 6},
+           "input.images_per_unit": 6, "inference.object_store_fraction": 0.2},
     )
     before = {a.actor_id for a in list_actors(filters=[("class_name", "=", DETECTOR_CLASS)], limit=10000)}
     summary = run_detect(config)
 
     assert (summary.images_ok, summary.images_error) == (20, 4)
     assert summary.detections == 20 * 5
+    from ray.data import DataContext
+
+    assert DataContext.get_current().override_object_store_memory_limit_fraction == 0.2  # what Ray Data ran with
     images, detections = _check_contract(out)
     bad = images[images.status == "error"]
     errors = bad.set_index(bad.uri.str.rsplit("/", n=1).str[-1])["error"]
@@ -140,7 +143,9 @@ def test_local_end_to_end_pool_on_both_nodes(shapes, tmp_path):
         run_detect(changed)
     changed.output.overwrite = True
     changed.input.images_per_unit = 64
+    changed.inference.object_store_fraction = None
     assert run_detect(changed).images_ok == 20
+    assert DataContext.get_current().override_object_store_memory_limit_fraction is None  # set per run, not kept
     assert json.loads(Path(out, "run.json").read_text())["fingerprint"]["score_threshold"] == 0.5
 
 
