@@ -51,7 +51,7 @@ def make_input(root: Path, copies: int) -> Path:
     return folder
 
 
-def run_bare(folder: Path, model: str, batch_size: int, threads: int) -> dict:
+def run_bare(folder: Path, model: str, batch_size: int, threads: int, device: str = "cpu") -> dict:
     imports_start = time.perf_counter()
     import numpy as np
     import torch
@@ -64,14 +64,16 @@ def run_bare(folder: Path, model: str, batch_size: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     files = sorted(str(p) for p in folder.rglob("*.jpg"))
     start = time.perf_counter()
-    detector = build_detector(model, "none", score_threshold=0.05).model
+    detector = build_detector(model, "none", score_threshold=0.05).model.to(device)
+    # On a GPU, fp16 autocast as detbatch's actors use it (inference.fp16).
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else contextlib.nullcontext()
     results = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         for i in range(0, len(files), batch_size):
             images = [np.asarray(Image.open(f).convert("RGB")) for f in files[i : i + batch_size]]
-            tensors = [torch.from_numpy(im).permute(2, 0, 1).float().div_(255) for im in images]
-            results += [{k: v.numpy() for k, v in o.items()} for o in detector(tensors)]
-    wall = time.perf_counter() - start
+            tensors = [torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images]
+            results += [{k: v.cpu().numpy() for k, v in o.items()} for o in detector(tensors)]
+    wall = time.perf_counter() - start  # .cpu() above waited for the GPU
     return {"images": len(files), "seconds": wall, "images_per_second": len(files) / wall,
             "import_seconds": imports, "images_per_second_with_imports": len(files) / (wall + imports)}
 
@@ -134,7 +136,7 @@ class PeakSampler:
 
 
 def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: int, actors: int, rows_per_file: int,
-                 sample_memory: bool) -> dict:
+                 sample_memory: bool, device: str = "cpu") -> dict:
     import pyarrow.parquet as pq
     import ray
 
@@ -142,30 +144,33 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
     from detbatch.detect import run_detect
     from detbatch.runtime import init_ray
 
-    init_ray("local", num_cpus=2)
+    common = {
+        "input.uri": str(folder),
+        "output.uri": str(out),
+        "model.name": model,
+        "model.weights": "none",
+        "inference.batch_size": batch_size,
+        "inference.min_actors": actors,
+        "inference.max_actors": actors,
+        "output.rows_per_file": rows_per_file,
+    }
+    if device == "cuda":
+        # One GPU per actor, fp16 autocast (the default), every other CPU of the machine decoding.
+        init_ray("local")
+        settings = {"inference.device": "cuda", "inference.gpus_per_actor": 1, "inference.cpus_per_actor": 1,
+                    "inference.decode_cpus": 1}
+    else:
+        # 2 CPUs: the actors share what decoding leaves, with the bare loop's total of torch threads.
+        init_ray("local", num_cpus=2)
+        decode_cpus = 0.5
+        settings = {"inference.device": "cpu", "inference.cpus_per_actor": (2 - decode_cpus) / actors,
+                    "inference.threads_per_actor": max(1, threads // actors), "inference.decode_cpus": decode_cpus}
     _warm_up()
-    decode_cpus = 0.5
-    config = load_config(
-        DetectConfig,
-        None,
-        {
-            "input.uri": str(folder),
-            "output.uri": str(out),
-            "model.name": model,
-            "model.weights": "none",
-            "inference.batch_size": batch_size,
-            "inference.device": "cpu",
-            "inference.min_actors": actors,
-            "inference.max_actors": actors,
-            "inference.cpus_per_actor": (2 - decode_cpus) / actors,
-            "inference.threads_per_actor": max(1, threads // actors),
-            "inference.decode_cpus": decode_cpus,
-            "output.rows_per_file": rows_per_file,
-        },
-    )
+    config = load_config(DetectConfig, None, {**common, **settings})
     # The sampler reads every Ray process's /proc/PID/smaps twice a second, which costs CPU the
     # detector would otherwise have: memory runs sample, throughput runs do not.
-    with PeakSampler() if sample_memory else contextlib.nullcontext() as peaks:
+    with (PeakSampler() if sample_memory else contextlib.nullcontext()) as peaks, \
+            (GpuBusySampler() if device == "cuda" else contextlib.nullcontext()) as gpu:
         wall_start, start = time.time(), time.perf_counter()
         summary = run_detect(config)
         wall = time.perf_counter() - start
@@ -182,6 +187,9 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
         "first_commit_s": first,
         "images_per_second_after_first_commit": after,
     }
+    if gpu is not None:
+        result["gpu_busy_percent"] = gpu.mean(wall_start, wall_start + wall)
+        result["gpu_busy_percent_after_first_commit"] = gpu.mean(commits[0][0], commits[-1][0])
     if sample_memory:
         result.update({
             "peak_driver_rss_mb": peaks.driver / 2**20,
@@ -195,6 +203,37 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
             "node_shared_rise_mb": (peaks.node_shmem - peaks.node_shmem_start) / 2**20,
         })
     return result
+
+
+class GpuBusySampler:
+    """The first GPU's utilisation (nvidia-smi's ``utilization.gpu``: the share of time a kernel ran) every
+    200 ms, stamped with wall time, so that a window of the run can be averaged."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+
+    def __enter__(self):
+        query = ["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
+        self._proc = subprocess.Popen(query, stdout=subprocess.PIPE, text=True)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self):
+        for line in self._proc.stdout:
+            try:
+                self.samples.append((time.time(), float(line.strip())))
+            except ValueError:  # "[N/A]" or a header
+                pass
+
+    def __exit__(self, *exc):
+        self._proc.terminate()
+        self._proc.wait()
+        self._thread.join(timeout=5)
+
+    def mean(self, start: float, end: float) -> float:
+        busy = [u for t, u in self.samples if start <= t <= end]
+        return sum(busy) / len(busy) if busy else float("nan")
 
 
 def _warm_up() -> None:
@@ -211,7 +250,7 @@ def _warm_up() -> None:
 def _child(mode: str, copies: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--copies", str(copies), "--model", args.model,
            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--workdir", args.workdir,
-           "--actors", str(args.actors), "--rows-per-file", str(args.rows_per_file)]
+           "--actors", str(args.actors), "--rows-per-file", str(args.rows_per_file), "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -230,6 +269,9 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2,
                         help="detector actors; each gets threads/actors torch threads (same total as the bare loop)")
     parser.add_argument("--rows-per-file", type=int, default=32, help="output.rows_per_file: images per actor call")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: both sides on the first GPU with fp16 autocast; detbatch with --actors GPU "
+                             "actors and every other CPU decoding; prints GPU busy %% from nvidia-smi")
     parser.add_argument("--child", choices=["bare", "detbatch", "detbatch-memory"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -237,11 +279,11 @@ def main() -> None:
     if args.child:
         folder = make_input(Path(args.workdir), args.copies)
         if args.child == "bare":
-            result = run_bare(folder, args.model, args.batch_size, args.threads)
+            result = run_bare(folder, args.model, args.batch_size, args.threads, args.device)
         else:
             out = Path(tempfile.mkdtemp(dir=args.workdir)) / "out"
             result = run_detbatch(folder, out, args.model, args.batch_size, args.threads, args.actors, args.rows_per_file,
-                                  sample_memory=args.child == "detbatch-memory")
+                                  sample_memory=args.child == "detbatch-memory", device=args.device)
         print(json.dumps(result))
         return
 
@@ -277,6 +319,9 @@ def throughput(args) -> None:
         print(f"  bare loop with its imports of torch + torchvision ({bare['import_seconds']:.1f} s): "
               f"{bare['images_per_second_with_imports']:.2f} images/s; ratio detbatch / that = "
               f"{det['images_per_second'] / bare['images_per_second_with_imports']:.3f}")
+        if "gpu_busy_percent" in det:
+            print(f"  GPU busy (nvidia-smi utilization.gpu, mean): {det['gpu_busy_percent']:.0f}% over the detbatch run, "
+                  f"{det['gpu_busy_percent_after_first_commit']:.0f}% from the first commit to the last  (goal >= 90%)")
     if args.repeat > 1:
         print(f"ratios: {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}, "
               f"min {min(ratios):.3f}  (goal >= 0.95)")
