@@ -73,22 +73,14 @@ def ray_cluster(s3_endpoint):
 
     def start() -> Cluster:
         with local_ray_env():  # workers as detbatch's local Ray runs them (jemalloc; runtime.WORKER_ENV)
-            return _start()
-
-    def _start() -> Cluster:
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": 2,
-                "resources": {"node_a": 100, "detector_slot": 1},
-            },
-        )
-        try:
-            cluster.add_node(num_cpus=2, resources={"node_b": 100, "detector_slot": 1})
-            cluster.wait_for_nodes()
-        except Exception:
-            cluster.shutdown()
-            raise
+            cluster = Cluster(initialize_head=True,
+                              head_node_args={"num_cpus": 2, "resources": {"node_a": 100, "detector_slot": 1}})
+            try:
+                cluster.add_node(num_cpus=2, resources={"node_b": 100, "detector_slot": 1})
+                cluster.wait_for_nodes()
+            except Exception:
+                cluster.shutdown()
+                raise
         return cluster
 
     # Ray gives a raylet 30 s to register, which a loaded 2-core machine can miss: one retry.
