@@ -26,7 +26,7 @@ COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128" / 
 
 
 def measure_decode(repeats: int = 3) -> dict:
-    from detbatch.decode import decode_image
+    from detbatch.detect.decode import decode_image
 
     blobs = [p.read_bytes() for p in sorted(COCO128.glob("*.jpg"))]
     decoded = [decode_image(b)[0] for b in blobs]  # warm-up, and the decoded sizes
@@ -44,7 +44,7 @@ def measure_decode(repeats: int = 3) -> dict:
 
 
 def measure_driver(n: int, images_per_unit: int = 1024) -> dict:
-    from detbatch.sources import InputListing, plan_units
+    from detbatch.detect.units import InputListing, plan_units
 
     tracemalloc.start()
     uris = tuple(f"s3://my-bucket/images/2026/{i // 10000:04d}/{i:012d}.jpg" for i in range(n))
@@ -73,7 +73,7 @@ def measure_driver(n: int, images_per_unit: int = 1024) -> dict:
 def measure_output(images: int = 512, per_image: int = 30) -> dict:
     import pyarrow as pa
 
-    from detbatch.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA, _parquet_bytes
+    from detbatch.detect.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA, _parquet_bytes
 
     rng = np.random.default_rng(0)
     n = images * per_image

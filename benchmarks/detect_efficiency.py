@@ -140,7 +140,8 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
     import pyarrow.parquet as pq
     import ray
 
-    from detbatch.config import DetectConfig, load_config
+    from detbatch.config import load_config
+    from detbatch.detect.config import DetectConfig
     from detbatch.detect import run_detect
     from detbatch.runtime import init_ray
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/detector_memory.py [--passes 4] [--threads 2] [--batch-size 4]
 
-Runs :class:`detbatch.detector.Detector` (``fasterrcnn_mobilenet_v3_large_320_fpn``, random init, CPU)
+Runs :class:`detbatch.detect.detector.Detector` (``fasterrcnn_mobilenet_v3_large_320_fpn``, random init, CPU)
 over the decoded COCO128 images ``--passes`` times, and prints the process's USS after loading, after
 each pass, and after glibc's ``malloc_trim(0)``. Flat figures after the first passes mean the memory is
 bounded by the model and the image shapes, not by how many images go through; the trim shows how much
@@ -34,7 +34,7 @@ def main() -> None:
     import psutil
     from PIL import Image
 
-    from detbatch.detector import Detector
+    from detbatch.detect.detector import Detector
 
     images = [np.asarray(Image.open(f).convert("RGB")) for f in sorted(COCO128.glob("*.jpg"))]
     detector = Detector(model=args.model, weights="none", score_threshold=0.05, detections_per_image=100,

@@ -105,7 +105,7 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from detbatch.runtime import local_ray_env
-    from detbatch.synth import synthesize
+    from detbatch.datasets.synth import synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from typing import Any, Callable
 
-from detbatch.config import ConfigError
+from detbatch.errors import DetbatchError, RunFailed
 
 
 def _add_detect(sub: argparse._SubParsersAction) -> None:
@@ -35,29 +35,44 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_detect)
 
 
-def _run_detect(args: argparse.Namespace) -> int:
-    from detbatch.config import DetectConfig, load_config, parse_assignment
-    from detbatch.detect import run_detect
+# Config keys set by each command's flags: key -> the flag's argparse dest.
+DETECT_FLAGS = {
+    "input.uri": "input",
+    "input.format": "input_format",
+    "input.manifest": "manifest",
+    "output.uri": "output",
+    "output.overwrite": "overwrite",
+    "model.name": "model",
+    "model.weights": "weights",
+    "model.score_threshold": "score_threshold",
+    "inference.batch_size": "batch_size",
+    "inference.min_actors": "min_actors",
+    "inference.max_actors": "max_actors",
+    "inference.device": "device",
+    "ray.address": "ray_address",
+}
+
+
+def load_job_config(config_class: type, args: argparse.Namespace, flags: dict[str, str]) -> Any:
+    """The config file, then ``--set`` and the flags that were given on top; a key set both ways is an error."""
+    from detbatch.config import ConfigError, load_config, parse_assignment
 
     overrides = dict(parse_assignment(s) for s in args.set)
-    overrides.update(
-        {
-            "input.uri": args.input,
-            "input.format": args.input_format,
-            "input.manifest": args.manifest,
-            "output.uri": args.output,
-            "output.overwrite": args.overwrite,
-            "model.name": args.model,
-            "model.weights": args.weights,
-            "model.score_threshold": args.score_threshold,
-            "inference.batch_size": args.batch_size,
-            "inference.min_actors": args.min_actors,
-            "inference.max_actors": args.max_actors,
-            "inference.device": args.device,
-            "ray.address": args.ray_address,
-        }
-    )
-    config = load_config(DetectConfig, args.config, overrides)
+    for key, dest in flags.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if key in overrides:
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{key} is given twice, by {flag} {value!r} and by --set {key}={overrides[key]!r}; keep one")
+        overrides[key] = value
+    return load_config(config_class, args.config, overrides)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from detbatch.detect import DetectConfig, run_detect
+
+    config = load_job_config(DetectConfig, args, DETECT_FLAGS)
     summary = run_detect(config)
     print(summary.line())
     if not summary.already_complete:
@@ -128,37 +143,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_train)
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from detbatch.config import load_config, parse_assignment
-    from detbatch.training import TrainConfig, TrainError, run_train
+TRAIN_FLAGS = {
+    "data.train_annotations": "train_annotations",
+    "data.train_images": "train_images",
+    "data.train_shards": "train_shards",
+    "data.val_annotations": "val_annotations",
+    "data.val_images": "val_images",
+    "model.name": "model",
+    "model.weights": "weights",
+    "schedule.epochs": "epochs",
+    "optim.batch_size": "batch_size",
+    "optim.lr": "lr",
+    "scaling.num_workers": "num_workers",
+    "scaling.use_gpu": "use_gpu",
+    "run.storage_path": "storage_path",
+    "run.name": "name",
+    "run.model_uri": "model_uri",
+    "ray.address": "ray_address",
+}
 
-    overrides = dict(parse_assignment(s) for s in args.set)
-    overrides.update(
-        {
-            "data.train_annotations": args.train_annotations,
-            "data.train_images": args.train_images,
-            "data.train_shards": args.train_shards,
-            "data.val_annotations": args.val_annotations,
-            "data.val_images": args.val_images,
-            "model.name": args.model,
-            "model.weights": args.weights,
-            "schedule.epochs": args.epochs,
-            "optim.batch_size": args.batch_size,
-            "optim.lr": args.lr,
-            "scaling.num_workers": args.num_workers,
-            "scaling.use_gpu": args.use_gpu,
-            "run.storage_path": args.storage_path,
-            "run.name": args.name,
-            "run.model_uri": args.model_uri,
-            "ray.address": args.ray_address,
-        }
-    )
-    config = load_config(TrainConfig, args.config, overrides)
-    try:
-        result = run_train(config)
-    except TrainError as e:
-        print(f"detbatch train: error: {e}", file=sys.stderr)
-        return 1
+
+def _run_train(args: argparse.Namespace) -> int:
+    from detbatch.training import TrainConfig, run_train
+
+    config = load_job_config(TrainConfig, args, TRAIN_FLAGS)
+    result = run_train(config)
     print("\n".join(result.lines()))
     return 0
 
@@ -174,7 +183,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from detbatch.synth import synthesize
+    from detbatch.datasets.synth import synthesize
 
     result = synthesize(args.out, args.images, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects)
     print(f"synth: {result.num_images} images, {result.num_annotations} objects -> {result.out}")
@@ -195,7 +204,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from detbatch.prepare import prepare_shards
+    from detbatch.datasets.prepare import prepare_shards
 
     result = prepare_shards(args.images, args.out, args.format, annotations=args.annotations,
                             images_per_shard=args.images_per_shard, overwrite=args.overwrite)
@@ -237,7 +246,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from detbatch.export import PARITY_TOLERANCE, export_model
-    from detbatch.sources import list_input
+    from detbatch.detect.units import list_input
 
     check_images = None
     if args.check_images:
@@ -284,18 +293,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from detbatch.detect import DetectIncomplete
-    from detbatch.sources import InputError
-    from detbatch.storage import StorageError
-
     try:
         return args.run(args)
-    except (ConfigError, InputError, StorageError, ValueError, FileExistsError) as e:
+    except RunFailed as e:  # the run started and stopped; its message says how to resume
+        print(f"detbatch {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except DetbatchError as e:  # bad input, config or storage: the message names the value and the fix
         print(f"detbatch {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except DetectIncomplete as e:
-        print(f"detbatch {args.command}: {e}", file=sys.stderr)
-        return 1
+    # Anything else is a bug: it propagates, with its traceback.
 
 
 if __name__ == "__main__":

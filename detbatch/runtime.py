@@ -50,15 +50,6 @@ def local_ray_env() -> Iterator[None]:
             os.environ.pop(key, None)
 
 
-def _current_cluster() -> str | None:
-    """The cluster ``ray.init()`` would join (``ray start``'s address file), if any."""
-    try:
-        from ray._private.utils import read_ray_address
-    except ImportError:  # moved in another Ray version: let ray.init() decide
-        return "unknown"
-    return read_ray_address()
-
-
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray once per process.
 
@@ -75,11 +66,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     common = {"logging_level": logging.WARNING, "log_to_driver": True}
-    local = {"address": "local", "num_cpus": num_cpus}
-    start_here = address == "local" or (address is None and not os.environ.get("RAY_ADDRESS") and not _current_cluster())
-    if start_here:
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # The Ray last started here with `ray start` (its address file; "auto" is Ray's public way to
+        # look), else a new local one: Ray's own rule, except that a local Ray gets WORKER_ENV.
+        try:
+            ray.init(address="auto", runtime_env=runtime_env, **common)
+        except ConnectionError:
+            address = "local"
+    if address == "local":
         with local_ray_env():
-            ray.init(**local, **common)
-    else:
+            ray.init(address="local", num_cpus=num_cpus, **common)
+    elif not ray.is_initialized():  # RAY_ADDRESS (a job's cluster: never replaced by a local Ray), or as given
         ray.init(address=address, runtime_env=runtime_env, **common)
     logger.info("connected to Ray: %s", ray.get_runtime_context().gcs_address)

@@ -15,11 +15,13 @@ import os
 import posixpath
 from typing import TYPE_CHECKING, Any
 
+from detbatch.errors import DetbatchError
+
 if TYPE_CHECKING:
     import fsspec
 
 
-class StorageError(RuntimeError):
+class StorageError(DetbatchError):
     """A URI that cannot be read or written, with the reason and what to check."""
 
 
@@ -65,7 +67,10 @@ def resolve(uri: str) -> tuple["fsspec.AbstractFileSystem", str]:
     if protocol_of(uri) == "file":
         path = uri[len("file://") :] if uri.startswith("file://") else uri
         return fs, os.path.abspath(os.path.expanduser(path))
-    return fs, fs._strip_protocol(uri).rstrip("/")
+    from fsspec.core import url_to_fs
+
+    _, path = url_to_fs(uri, **storage_options(protocol_of(uri)))
+    return fs, path.rstrip("/")
 
 
 def to_uri(fs: "fsspec.AbstractFileSystem", path: str) -> str:

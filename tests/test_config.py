@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 
 from detbatch.cli import build_parser
-from detbatch.config import ConfigError, DetectConfig, load_config, parse_assignment
+from detbatch.config import ConfigError, load_config, parse_assignment
+
+from detbatch.detect.config import DetectConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -201,7 +201,7 @@ def _alive_nodes(cluster: JobCluster) -> int:
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     """A few labelled synthetic images (absolute paths: the jobs run in an unpacked copy of the repo)."""
-    from detbatch.synth import synthesize
+    from detbatch.datasets.synth import synthesize
 
     root = tmp_path_factory.mktemp("shapes")
     synthesize(str(root), 6, seed=5)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from detbatch.errors import InputError
 from detbatch.metrics.coco import GroundTruth
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 _MAX_ARROW_BYTES = 2**31 - 2
 
 
-class NotCocoError(ValueError):
+class NotCocoError(InputError):
     """The JSON is not a COCO instances document."""
 
 

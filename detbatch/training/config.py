@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from detbatch.config import ConfigError, RayConfig, _Section
+from detbatch.config import ConfigError, RayConfig, Section
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     train_annotations: str | None = None
     """COCO instances JSON of the training images (any fsspec URI); its ``file_name`` are relative to
     ``train_images``."""
@@ -52,7 +52,7 @@ class DataConfig(_Section):
         return v
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: str = "tiny_fcos"
     """A detector from ``detbatch models``. Ignored when ``weights`` is a checkpoint (it names its own)."""
     weights: str = "none"
@@ -84,7 +84,7 @@ class ModelConfig(_Section):
         return v
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.02, gt=0)
     """Peak learning rate for the whole job (all workers together; not scaled with num_workers)."""
@@ -99,7 +99,7 @@ class OptimConfig(_Section):
     """Mixed precision (fp16 autocast + gradient scaling) on GPU; ignored on CPU."""
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     epochs: int = Field(12, ge=1)
     warmup_iters: int = Field(500, ge=0)
     """Linear warmup over this many steps (capped at the first epoch's length), from
@@ -113,7 +113,7 @@ class ScheduleConfig(_Section):
     min_lr_factor: float = Field(0.0, ge=0, le=1)
 
 
-class ScalingConfig(_Section):
+class ScalingConfig(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     """One GPU per worker, NCCL; otherwise CPU and gloo."""
@@ -125,7 +125,7 @@ class ScalingConfig(_Section):
     """Extra Ray resources per worker (custom node resources, ``memory``)."""
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     storage_path: str = "train-runs"
     """Where checkpoints, ``metrics.jsonl`` and the plots go: a local folder or any fsspec URI (``s3://``)."""
     name: str = "detbatch-train"
@@ -142,7 +142,7 @@ class RunConfig(_Section):
     """Log losses every this many steps (rank 0)."""
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

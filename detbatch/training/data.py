@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from detbatch import storage
 from detbatch.config import ConfigError
-from detbatch.decode import decode_image
+from detbatch.detect.decode import decode_image
 from detbatch.training.samples import clean_annotations, is_validation, parse_annotations
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def load_source(annotations: str | None, images: str | None, shards: str | None,
     if shards:
         return _load_shards(shards, role)
     assert annotations is not None
-    from detbatch.prepare import load_coco
+    from detbatch.datasets.prepare import load_coco
 
     coco = load_coco(annotations)
     categories = [c for c in coco.get("categories", []) if isinstance(c, dict) and "id" in c]
@@ -250,7 +250,7 @@ def read_shards(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[pa.Tabl
 def _tar_samples(shard: str) -> Iterator[tuple[str, int, bytes | None, str | None, str | None]]:
     """``(uri, image_id, bytes, error, annotations JSON)`` per sample of a WebDataset shard whose
     ``KEY.json`` members carry ``image_id`` and ``annotations`` (``detbatch prepare --annotations``)."""
-    from detbatch.sources import sample_parts, tar_samples
+    from detbatch.detect.read import sample_parts, tar_samples
 
     try:
         for key, members in tar_samples(shard):

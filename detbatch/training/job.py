@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from detbatch import storage
 from detbatch.config import ConfigError
+from detbatch.errors import RunFailed
 from detbatch.models import Categories
 from detbatch.runtime import init_ray
 from detbatch.training import records
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "detbatch_run.json"
 
 
-class TrainError(RuntimeError):
+class TrainError(RunFailed):
     """A run that could not finish: a worker error past ``run.max_failures``, or a non-finite loss."""
 
 

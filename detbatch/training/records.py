@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from detbatch import storage
+from detbatch.errors import InputError
 from detbatch.models import CHECKPOINT_FORMAT, Categories, checkpoint_dict
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def read_checkpoint(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
     model = torch.load(os.path.join(folder, MODEL_FILE), map_location="cpu", weights_only=True)
     state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
     if model.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{folder}/{MODEL_FILE} is not a detbatch checkpoint")
+        raise InputError(f"{folder}/{MODEL_FILE} is not a detbatch checkpoint")
     return model, state
 
 

@@ -18,7 +18,7 @@ from detbatch.metrics import (
 )
 from detbatch.metrics.boxes import pairwise_iou, xyxy_to_xywh
 
-from .oracle import adversarial_coco, per_category_ap, pycocotools_eval, pycocotools_eval_results, results_list
+from tests.helpers.oracle import adversarial_coco, per_category_ap, pycocotools_eval, pycocotools_eval_results, results_list
 
 
 def assert_same_as_pycocotools(dataset, dt, result=None):

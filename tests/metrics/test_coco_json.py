@@ -9,7 +9,7 @@ import pytest
 
 from detbatch.metrics.coco_json import NotCocoError, _read_arrow, _read_json, read_coco_json
 
-from .oracle import adversarial_coco
+from tests.helpers.oracle import adversarial_coco
 
 
 def _assert_same(a, b):

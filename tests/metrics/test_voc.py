@@ -8,7 +8,7 @@ import pytest
 from detbatch.metrics import Detections, GroundTruth
 from detbatch.metrics.voc import evaluate_voc
 
-from .oracle import adversarial_coco, classic_voc_eval
+from tests.helpers.oracle import adversarial_coco, classic_voc_eval
 
 
 @pytest.mark.parametrize("plus_one", [False, True])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from detbatch.config import ConfigError
-from detbatch.prepare import prepare_shards
-from detbatch.synth import synthesize
+from detbatch.datasets.prepare import prepare_shards
+from detbatch.datasets.synth import synthesize
 from detbatch.training.data import DECODED_SCHEMA, count_rows, load_source, read_image_files, read_shards
 
 

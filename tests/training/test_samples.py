@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from detbatch.synth import render_image
+from detbatch.datasets.synth import render_image
 from detbatch.training.samples import (
     Collate,
     augment,

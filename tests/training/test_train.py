@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from detbatch import storage
-from detbatch.config import DetectConfig, load_config
+from detbatch.config import load_config
+from detbatch.detect.config import DetectConfig
 from detbatch.detect import run_detect
 from detbatch.models import load_checkpoint
-from detbatch.synth import synthesize
+from detbatch.datasets.synth import synthesize
 from detbatch.training import TrainConfig, run_train
 from detbatch.training.records import read_metrics
 

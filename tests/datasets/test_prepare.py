@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from detbatch import prepare as prepare_module
+from detbatch.datasets import prepare as prepare_module
 from detbatch import storage
-from detbatch.prepare import list_image_files, parquet_schema, prepare_shards, sample_key
-from detbatch.synth import synthesize
+from detbatch.datasets.prepare import list_image_files, parquet_schema, prepare_shards, sample_key
+from detbatch.datasets.synth import synthesize
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_unlisted_images_are_skipped_with_a_warning(shapes, tmp_path, caplog):
     coco = json.loads((shapes / "annotations.json").read_text())
     coco["images"] = coco["images"][:8][::-1]  # packing order is file_name order, not the JSON's
     (tmp_path / "subset.json").write_text(json.dumps(coco))
-    with caplog.at_level(logging.WARNING, logger="detbatch.prepare"):
+    with caplog.at_level(logging.WARNING, logger="detbatch.datasets.prepare"):
         result = prepare_shards(str(shapes / "images"), str(tmp_path / "out"), "tar", annotations=str(tmp_path / "subset.json"))
     assert (result.num_images, result.num_skipped) == (8, 4)
     assert "4 images" in caplog.text and "000009.png" in caplog.text

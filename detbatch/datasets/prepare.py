@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from detbatch import storage
+from detbatch.errors import InputError, OutputExistsError
 
 if TYPE_CHECKING:
     import pyarrow
@@ -80,9 +81,9 @@ def prepare_shards(
     are staged on local disk and published whole.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+        raise InputError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if not isinstance(images_per_shard, int) or images_per_shard < 1:
-        raise ValueError(f"images_per_shard={images_per_shard!r}: must be an integer >= 1")
+        raise InputError(f"images_per_shard={images_per_shard!r}: must be an integer >= 1")
 
     images_fs, images_root = storage.resolve(images)
     file_names = list_image_files(images)
@@ -142,7 +143,7 @@ def list_image_files(images: str) -> list[str]:
         # Another process may have written here since this filesystem last listed it.
         fs.invalidate_cache(root)
         if fs.isfile(root):
-            raise ValueError(f"{images}: is a file; pass the folder or prefix that holds the images")
+            raise InputError(f"{images}: is a file; pass the folder or prefix that holds the images")
         paths = fs.find(root)
     except (ValueError, storage.StorageError):
         raise
@@ -150,7 +151,7 @@ def list_image_files(images: str) -> list[str]:
         raise storage.StorageError(storage.describe_error(images, e)) from e
     names = sorted(path[len(root) :].lstrip("/") for path in paths if _extension(path) in IMAGE_EXTENSIONS)
     if not names:
-        raise ValueError(
+        raise InputError(
             f"{images}: no image files under it (looked recursively for "
             f"{', '.join('.' + e for e in IMAGE_EXTENSIONS)}, any case); check the URI"
         )
@@ -169,14 +170,14 @@ def load_coco(annotations: str) -> dict[str, Any]:
     try:
         coco = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{annotations}: not valid JSON ({e}); pass a COCO instances JSON") from e
+        raise InputError(f"{annotations}: not valid JSON ({e}); pass a COCO instances JSON") from e
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise ValueError(f"{annotations}: no 'images' list; pass a COCO instances JSON (images, annotations, categories)")
+        raise InputError(f"{annotations}: no 'images' list; pass a COCO instances JSON (images, annotations, categories)")
     for entry in coco["images"]:
         if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
-            raise ValueError(f"{annotations}: image entry {str(entry)[:200]} lacks 'id' or 'file_name'")
+            raise InputError(f"{annotations}: image entry {str(entry)[:200]} lacks 'id' or 'file_name'")
     if not isinstance(coco.get("annotations", []), list):
-        raise ValueError(f"{annotations}: 'annotations' is not a list")
+        raise InputError(f"{annotations}: 'annotations' is not a list")
     return coco
 
 
@@ -202,14 +203,14 @@ def _annotated_records(
     for entry in coco["images"]:
         name = str(entry["file_name"])
         if name in entries:
-            raise ValueError(f"{annotations}: file_name {name!r} is listed twice (image ids {entries[name]['id']} and {entry['id']})")
+            raise InputError(f"{annotations}: file_name {name!r} is listed twice (image ids {entries[name]['id']} and {entry['id']})")
         entries[name] = entry
     if not entries:
-        raise ValueError(f"{annotations}: lists no images; pass the COCO JSON that belongs to {images}")
+        raise InputError(f"{annotations}: lists no images; pass the COCO JSON that belongs to {images}")
     present = set(file_names)
     missing = sorted(name for name in entries if name not in present)
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{len(missing)} images listed in {annotations} are not under {images}: {', '.join(missing[:5])}"
             f"{', ...' if len(missing) > 5 else ''} (file_name is matched against the path relative to the "
             f"images folder; check that the two belong together)"
@@ -249,7 +250,7 @@ def _check_unique_keys(records: list[_Record]) -> None:
     for record in records:
         key = sample_key(record.file_name)
         if key in seen:
-            raise ValueError(
+            raise InputError(
                 f"{seen[key]!r} and {record.file_name!r} have the same WebDataset key {key!r}; "
                 f"rename one, or use format='parquet', which has no keys"
             )
@@ -271,7 +272,7 @@ def _clear_output(out: str, overwrite: bool) -> None:
         return
     if not overwrite:
         names = ", ".join(posixpath.basename(p) for p in existing[:3])
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out}: already holds {len(existing)} shard/manifest files ({names}, ...); choose an empty "
             f"output, or pass overwrite=True (--overwrite) to replace them"
         )

@@ -67,7 +67,7 @@ class ExactResizeTransform(GeneralizedRCNNTransform):
             size = [fixed[1], fixed[0]]
             return nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0], target
         min_side, max_side = float(self.min_size[-1]), float(self.max_size)
-        if torchvision._is_tracing():
+        if torch.jit.is_tracing():
             return _resize_traced(image, min_side, max_side), target
         h, w = image.shape[-2], image.shape[-1]
         scale = min(min_side / float(min(h, w)), max_side / float(max(h, w)))

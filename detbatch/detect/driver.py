@@ -5,7 +5,7 @@ The pipeline (a Ray Data stream; the driver holds the listing and counters, neve
     units (driver) -> read_unit (CPU task) -> decode (CPU task)
                    -> Detector: model + write_parts (actor pool, GPU/CPU) -> per-unit counts (driver)
 
-See :mod:`detbatch.sink` for the commit protocol that lets a rerun finish only what is left.
+See :mod:`detbatch.detect.sink` for the commit protocol that lets a rerun finish only what is left.
 """
 
 from __future__ import annotations
@@ -20,17 +20,21 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from detbatch import __version__, sink, sources, storage
-from detbatch.config import ConfigError, DetectConfig
-from detbatch.decode import decode_batch
-from detbatch.detector import Detector
+from detbatch import __version__, storage
+from detbatch.detect import read, sink
+from detbatch.detect.units import InputListing, list_input, load_manifest, plan_units
+from detbatch.config import ConfigError
+from detbatch.errors import RunFailed
+from detbatch.detect.config import DetectConfig
+from detbatch.detect.decode import decode_batch
+from detbatch.detect.detector import Detector
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "_detbatch/state.json"
 
 
-class DetectIncomplete(RuntimeError):
+class DetectIncomplete(RunFailed):
     """The stream ended with images uncommitted; a rerun of the same command finishes them."""
 
 
@@ -78,7 +82,7 @@ def _read_json(uri: str) -> dict[str, Any] | None:
         return None
 
 
-def _prepare_output(config: DetectConfig, listing: sources.InputListing) -> tuple[DetectConfig, dict[str, Any] | None]:
+def _prepare_output(config: DetectConfig, listing: InputListing) -> tuple[DetectConfig, dict[str, Any] | None]:
     """Check OUTPUT against this run. Returns the config with its unit size settled, and the finished
     run.json if there is nothing left to do."""
     output = config.output.uri
@@ -148,18 +152,18 @@ def _read_stage(
         unit = {k: units[k][i] for k in units}
         unit["uris"], unit["image_ids"] = list(unit["uris"]), list(unit["image_ids"])
         rows = []
-        for row in sources.read_unit(unit, root, manifest, skips.get(int(unit["unit"]), [])):
+        for row in read.read_unit(unit, root, manifest, skips.get(int(unit["unit"]), [])):
             rows.append(row)
-            if len(rows) == sources.ROWS_PER_READ_BATCH:
-                yield pa.Table.from_pylist(rows, schema=sources.READ_SCHEMA)
+            if len(rows) == read.ROWS_PER_READ_BATCH:
+                yield pa.Table.from_pylist(rows, schema=read.READ_SCHEMA)
                 rows = []
         if rows:
-            yield pa.Table.from_pylist(rows, schema=sources.READ_SCHEMA)
+            yield pa.Table.from_pylist(rows, schema=read.READ_SCHEMA)
 
 
 def read_and_decode(
     units: list[dict[str, Any]],
-    listing: sources.InputListing,
+    listing: InputListing,
     manifest: dict[str, int] | None,
     skips: dict[int, list[tuple[int, int]]],
     decode_cpus: float,
@@ -206,8 +210,8 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     check_weights(config.model.name, config.model.weights)
     started = time.perf_counter()
     output = config.output.uri
-    listing = sources.list_input(config.input.uri, config.input.format)
-    manifest = sources.load_manifest(config.input.manifest) if config.input.manifest else None
+    listing = list_input(config.input.uri, config.input.format)
+    manifest = load_manifest(config.input.manifest) if config.input.manifest else None
     config, finished = _prepare_output(config, listing)
     if finished is not None:
         counts = finished["counts"]
@@ -216,7 +220,7 @@ def run_detect(config: DetectConfig) -> DetectSummary:
 
     log = sink.read_commit_log(output)
     sink.remove(log.debris)
-    all_units = sources.plan_units(listing, config.input.images_per_unit, manifest)
+    all_units = plan_units(listing, config.input.images_per_unit, manifest)
     units = [u for u in all_units if u["unit"] not in log.finished]
     skips = {u["unit"]: log.skip(u["unit"]) for u in units if log.skip(u["unit"])}
     logger.info(

@@ -18,12 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from detbatch import storage
-from detbatch.config import ConfigError, DetectConfig, load_config
-from detbatch.detect import _prepare_output, read_and_decode, run_detect
-from detbatch.prepare import prepare_shards
-from detbatch.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA
-from detbatch.sources import derived_image_id
-from detbatch.synth import synthesize
+from detbatch.config import ConfigError, load_config
+from detbatch.detect.config import DetectConfig
+from detbatch.detect.driver import _prepare_output, read_and_decode, run_detect
+from detbatch.datasets.prepare import prepare_shards
+from detbatch.detect.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA
+from detbatch.detect.units import derived_image_id
+from detbatch.datasets.synth import synthesize
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -152,17 +153,17 @@ def test_local_end_to_end_pool_on_both_nodes(shapes, tmp_path):
 def test_each_unit_reaches_the_pool_as_one_block(shapes, ray_cluster, tmp_path):
     """One read task per unit, its images in one block: Ray would otherwise fuse several units into a
     task and hand their images to a single actor while the others wait."""
-    from detbatch import sources
+    from detbatch.detect import units
 
     config = _config(str(shapes / "images"), str(tmp_path / "out"), **{"output.rows_per_file": 6})
-    listing = sources.list_input(config.input.uri, "auto")
+    listing = units.list_input(config.input.uri, "auto")
     assert config.input.images_per_unit is None
     config, _ = _prepare_output(config, listing)
     assert config.input.images_per_unit == 6  # default: one call
     # A rerun may change rows_per_file (it does not change results): it keeps the units it started with.
     rerun, finished = _prepare_output(_config(config.input.uri, config.output.uri, **{"output.rows_per_file": 10}), listing)
     assert rerun.input.images_per_unit == 6 and finished is None
-    units = sources.plan_units(listing, config.input.images_per_unit, None)
+    units = units.plan_units(listing, config.input.images_per_unit, None)
     assert [len(u["uris"]) for u in units] == [6, 6, 6, 6]  # 24 files: 20 images + 4 bad ones
     blocks = list(read_and_decode(units, listing, None, {}, decode_cpus=0.5).iter_batches(batch_size=None, batch_format="pyarrow"))
     assert sorted((b["unit"][0].as_py(), b.num_rows, len(set(b["unit"].to_pylist()))) for b in blocks) == [
@@ -177,7 +178,7 @@ def test_run_json_versions_are_the_installed_ones():
     import torch
     import torchvision
 
-    from detbatch.detect import _library_versions
+    from detbatch.detect.driver import _library_versions
 
     versions = _library_versions()
     assert versions["torch"] == torch.__version__ and versions["torchvision"] == torchvision.__version__

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from detbatch import storage
-from detbatch.synth import CATEGORIES, render_image, synthesize
+from detbatch.datasets.synth import CATEGORIES, render_image, synthesize
 
 
 def _files(root: Path) -> dict[str, bytes]:

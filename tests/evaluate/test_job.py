@@ -16,10 +16,10 @@ from detbatch.evaluate import EvaluateConfig, run_evaluate, summary_lines
 from detbatch.metrics import STAT_KEYS, Detections
 from detbatch.storage import StorageError
 
-from metrics.detect_output import write_detect_output
-from metrics.oracle import adversarial_coco, per_category_ap, pycocotools_eval
+from tests.helpers.detect_output import write_detect_output
+from tests.helpers.oracle import adversarial_coco, per_category_ap, pycocotools_eval
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _setup(root: str, data_seed: int = 3, files: int = 3, manifest: bool = True, **kw):

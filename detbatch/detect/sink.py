@@ -7,7 +7,7 @@ Layout of a detect output::
     OUTPUT/_detbatch/state.json                                   what this output is being computed with
     OUTPUT/run.json                                               written last, on success
 
-A file pair covers the images ``[S, E)`` of unit ``U`` (see :mod:`detbatch.sources`); ``-last`` marks
+A file pair covers the images ``[S, E)`` of unit ``U`` (see :mod:`detbatch.detect.units`); ``-last`` marks
 the pair that holds the unit's last image. The detections file is written first, the images file
 second, each whole (an object PUT, or a rename locally). So an images file is proof that its range
 is done, detections included; a detections file without its images file is debris of a crash.

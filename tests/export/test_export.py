@@ -80,7 +80,7 @@ def test_exact_resize_matches_eager_scripted_and_traced(size, tmp_path):
     import onnxruntime as ort
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    from detbatch.exportable import ExactResizeTransform
+    from detbatch.export.modules import ExactResizeTransform
 
     image = torch.rand(3, *size)
     torchvision_t = GeneralizedRCNNTransform(320, 640, [0.5] * 3, [0.2] * 3).eval()
@@ -156,7 +156,7 @@ def _calibrated_detector(calibration_images: list[torch.Tensor]) -> torch.nn.Mod
 @pytest.fixture(scope="module")
 def checkpoint(coco128, tmp_path_factory) -> str:
     """A detbatch checkpoint of the calibrated detector, with COCO's category names."""
-    from detbatch.export import _read_image, _to_tensor
+    from detbatch.export.exporter import _read_image, _to_tensor
 
     images = [_to_tensor(_read_image(str(coco128 / "images" / n))) for n in ("000000000009.jpg", "000000000025.jpg")]
     model = _calibrated_detector(images)
@@ -214,7 +214,7 @@ def test_onnx_export_reproduces_eager_on_coco128(checkpoint, coco128, tmp_path):
 
 def test_nothing_is_written_when_parity_fails(checkpoint, coco128, tmp_path, monkeypatch):
     """An export whose model finds nothing where the eager model finds 100 boxes is refused, and not written."""
-    import detbatch.export as export
+    import detbatch.export.exporter as export
 
     monkeypatch.setattr(export, "_write_torchscript", lambda model, path, *args: open(path, "wb").close())
     empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32)}

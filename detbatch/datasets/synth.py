@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detbatch import storage
+from detbatch.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -186,13 +187,13 @@ def render_image(seed: int, image_id: int, image_size: int = 128, max_objects: i
 
 def _check_args(*, num_images: int, seed: int, image_size: int, max_objects: int) -> None:
     if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images={num_images!r}: must be an integer >= 1")
+        raise ConfigError(f"num_images={num_images!r}: must be an integer >= 1")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r}: must be an integer >= 0")
+        raise ConfigError(f"seed={seed!r}: must be an integer >= 0")
     if not isinstance(image_size, int) or image_size < 32:
-        raise ValueError(f"image_size={image_size!r}: must be an integer >= 32 (shapes are 12-48 px at 128 px)")
+        raise ConfigError(f"image_size={image_size!r}: must be an integer >= 32 (shapes are 12-48 px at 128 px)")
     if not isinstance(max_objects, int) or max_objects < 1:
-        raise ValueError(f"max_objects={max_objects!r}: must be an integer >= 1")
+        raise ConfigError(f"max_objects={max_objects!r}: must be an integer >= 1")
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 import pydantic
 
 from detbatch import storage
+from detbatch.errors import InputError
 from detbatch.metrics import coco, coco_reduce, voc
 from detbatch.metrics.coco import Detections, GroundTruth, MatchRecords, evaluated_detections
 from detbatch.metrics.coco_json import CocoDataset, NotCocoError, read_coco_json
@@ -41,7 +42,7 @@ from detbatch.metrics.report import pr_curves_png, report_markdown, summary_line
 logger = logging.getLogger(__name__)
 
 DETECTION_COLUMNS = ("image_id", "category_id", "score", "x_min", "y_min", "x_max", "y_max")
-# detect's part names (detbatch.sink): UNIT-START-END[-last].parquet, the same in detections/ and images/.
+# detect's part names (detbatch.detect.sink): UNIT-START-END[-last].parquet, the same in detections/ and images/.
 _PART_NAME = re.compile(r"^\d{8}-\d{7,}-\d{7,}(-last)?\.parquet$")
 
 __all__ = ["EvaluateConfig", "run_evaluate", "summary_lines"]
@@ -99,7 +100,7 @@ def _load_ground_truth(uri: str) -> CocoDataset:
     try:
         return read_coco_json(storage.read_bytes(uri))
     except NotCocoError as e:
-        raise ValueError(
+        raise InputError(
             f"{uri}: not COCO ground truth: {e}; --ground-truth takes a COCO instances JSON "
             f"(e.g. annotations/instances_val2017.json)"
         ) from e
@@ -131,7 +132,7 @@ def _open_run(uri: str) -> _Run:
     detections = fs.glob(f"{path}/detections/*.parquet", detail=True)
     images = sorted(fs.glob(f"{path}/images/*.parquet"))
     if info is None and not detections:
-        raise ValueError(
+        raise InputError(
             f"{uri}: not a detect output (no detections/*.parquet and no run.json); --detections takes "
             f"the folder `detbatch detect --out` wrote"
         )
@@ -184,7 +185,7 @@ class _Pairing:
 def _pair(run: _Run, coco_ds: CocoDataset, gt: GroundTruth, pair_by: str) -> _Pairing:
     if pair_by == "auto":
         if run.info is None:
-            raise ValueError(
+            raise InputError(
                 f"{run.uri}: no run.json, so it is unknown whether image ids are ground-truth ids; finish "
                 f"the detect run, or choose pairing explicitly (pair_by='image_id' or 'file_name')"
             )

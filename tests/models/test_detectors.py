@@ -18,7 +18,7 @@ def test_unknown_weights_lists_choices():
 
 @pytest.mark.parametrize("weights", ["DEFAULT", "COCO_V1", "SSDLite320_MobileNet_V3_Large_Weights.COCO_V1"])
 def test_weights_names_resolve(weights):
-    member = models._weights_enum("ssdlite320_mobilenet_v3_large", weights)
+    member = models.detectors._weights_enum("ssdlite320_mobilenet_v3_large", weights)
     assert member.name == "COCO_V1"
 
 

@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
+from detbatch.config import ConfigError
+from detbatch.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "detbatch.checkpoint/1"
@@ -43,7 +46,7 @@ _TORCHVISION_DETECTORS: dict[str, tuple[str, str]] = {
 
 
 def _tiny_fcos(**kwargs: Any) -> "torch.nn.Module":
-    from detbatch.tiny import tiny_fcos
+    from detbatch.models.tiny import tiny_fcos
 
     return tiny_fcos(**kwargs)
 
@@ -58,7 +61,7 @@ def model_names() -> list[str]:
 
 def check_model_name(name: str) -> None:
     if name not in _TORCHVISION_DETECTORS and name not in EXTRA_MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def _weights_enum(name: str, weights: str):
         return enum[member] if member != "DEFAULT" else enum.DEFAULT
     except KeyError:
         valid = ", ".join(["DEFAULT", *enum.__members__, "none", "<checkpoint URI>"])
-        raise ValueError(f"unknown weights {weights!r} for {name}; choose one of: {valid}") from None
+        raise ConfigError(f"unknown weights {weights!r} for {name}; choose one of: {valid}") from None
 
 
 def is_checkpoint_uri(weights: str) -> bool:
@@ -132,11 +135,11 @@ def check_weights(name: str, weights: str) -> None:
         path = weights if weights.endswith(".pt") else storage.join(weights, "model.pt")
         fs, fs_path = storage.resolve(path)
         if not fs.exists(fs_path):
-            raise ValueError(f"checkpoint {path} not found (check --weights)")
+            raise InputError(f"checkpoint {path} not found (check --weights)")
     else:
         check_model_name(name)
         if name not in _TORCHVISION_DETECTORS:
-            raise ValueError(f"{name} has no torchvision weights; give --weights none or a checkpoint URI")
+            raise ConfigError(f"{name} has no torchvision weights; give --weights none or a checkpoint URI")
         _weights_enum(name, weights)
 
 
@@ -184,7 +187,7 @@ def load_checkpoint(uri: str) -> dict[str, Any]:
     try:
         data = storage.read_bytes(path)
     except FileNotFoundError:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {path} not found; --weights takes DEFAULT, a torchvision weights name, "
             f"none, or a checkpoint written by `detbatch train`"
         ) from None
@@ -192,7 +195,7 @@ def load_checkpoint(uri: str) -> dict[str, Any]:
         raise storage.StorageError(storage.describe_error(path, e)) from e
     ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a detbatch checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+        raise InputError(f"{path} is not a detbatch checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return ckpt
 
 
@@ -220,7 +223,7 @@ def build_detector(
         check_model_name(name)
         categories = default_categories(name) if name in _TORCHVISION_DETECTORS else None
         if categories is None:
-            raise ValueError(f"{name} has no pretrained categories; give --weights a checkpoint URI")
+            raise ConfigError(f"{name} has no pretrained categories; give --weights a checkpoint URI")
         model = build_model(name, categories.num_classes, None, None, score_threshold, detections_per_image)
         loaded_as = "none"
     elif is_checkpoint_uri(weights):
@@ -244,7 +247,7 @@ def build_detector(
     else:
         check_model_name(name)
         if name not in _TORCHVISION_DETECTORS:
-            raise ValueError(f"{name} has no torchvision weights; give --weights none or a checkpoint URI")
+            raise ConfigError(f"{name} has no torchvision weights; give --weights none or a checkpoint URI")
         enum_member = _weights_enum(name, weights)
         categories = Categories.from_names(list(enum_member.meta["categories"]))
         model = build_model(name, None, enum_member, None, score_threshold, detections_per_image)
@@ -301,5 +304,5 @@ def replace_box_predictor(model: "torch.nn.Module", num_classes: int) -> None:
                 block[-1] = conv
         head.num_columns = num_classes
     else:
-        raise ValueError(f"cannot replace the box predictor of a {type(model).__name__}; detbatch knows "
+        raise ConfigError(f"cannot replace the box predictor of a {type(model).__name__}; detbatch knows "
                          f"FasterRCNN, RetinaNet, FCOS and SSD")  # fmt: skip

@@ -2,8 +2,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from detbatch import sink
-from detbatch.detector import SCORED_SCHEMA
+from detbatch.detect import sink
+from detbatch.detect.detector import SCORED_SCHEMA
 
 
 def _scored(unit, indices, last_index=None, dets=1):

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from detbatch import models, storage
+from detbatch.config import ConfigError
+from detbatch.errors import DetbatchError, InputError
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +70,7 @@ ONNX_OPSET = 17
 _SYNTHETIC_SIZES = ((256, 256), (427, 640), (640, 427))
 
 
-class ParityError(ValueError):
+class ParityError(DetbatchError, ValueError):
     """The exported model's detections differ from the eager model's beyond the tolerance."""
 
 
@@ -206,10 +208,10 @@ def export_model(
     Raises :class:`ParityError` (nothing written) when the export does not reproduce the eager model.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     if model is None:
         if not models.is_checkpoint_uri(weights):
-            raise ValueError(f"--weights {weights!r} is not a checkpoint: give --model to say which detector it is for")
+            raise ConfigError(f"--weights {weights!r} is not a checkpoint: give --model to say which detector it is for")
         model = models.load_checkpoint(weights)["model"]["name"]  # read again by build_detector: simple beats fast here
     models.check_weights(model, weights)
     loaded = models.build_detector(model, weights, score_threshold, detections_per_image)
@@ -253,19 +255,19 @@ def export_model(
 
 
 def _read_image(uri: str) -> np.ndarray:
-    from detbatch.decode import decode_image
+    from detbatch.detect.decode import decode_image
 
     try:
         pixels, error = decode_image(storage.read_bytes(uri))
     except FileNotFoundError:
-        raise ValueError(f"check image {uri} not found (check --check-images)") from None
+        raise InputError(f"check image {uri} not found (check --check-images)") from None
     if error is not None:
-        raise ValueError(f"check image {uri}: {error}")
+        raise InputError(f"check image {uri}: {error}")
     return pixels
 
 
 def _synthetic_images() -> list[np.ndarray]:
-    from detbatch.synth import render_image
+    from detbatch.datasets.synth import render_image
 
     return [render_image(0, i + 1, image_size=max(h, w)).pixels[:h, :w] for i, (h, w) in enumerate(_SYNTHETIC_SIZES)]
 
@@ -295,7 +297,7 @@ def _write_torchscript(model: "torch.nn.Module", path: str, categories: list[Any
 
     import torch
 
-    from detbatch.exportable import ScriptedDetector, with_exact_resize
+    from detbatch.export.modules import ScriptedDetector, with_exact_resize
 
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export, which cannot yet capture these detectors.
@@ -326,7 +328,7 @@ def _write_onnx(
     import onnx
     import torch
 
-    from detbatch.exportable import OnnxDetector, with_exact_resize
+    from detbatch.export.modules import OnnxDetector, with_exact_resize
 
     axes = {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"}, "labels": {0: "detections"}, "scores": {0: "detections"}}
     with warnings.catch_warnings():

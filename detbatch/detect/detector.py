@@ -1,8 +1,8 @@
 """The detector pool's actor: loads a model once, runs it on batches of decoded images, commits them.
 
-Input rows come from :mod:`detbatch.decode`. Each call runs the model over the call's images in
+Input rows come from :mod:`detbatch.detect.decode`. Each call runs the model over the call's images in
 mini-batches of ``batch_size``, then writes and commits the call's Parquet file pair itself
-(:func:`detbatch.sink.write_parts`) before returning. Committing in the actor rather than in a later
+(:func:`detbatch.detect.sink.write_parts`) before returning. Committing in the actor rather than in a later
 stage means a result is durable as soon as it exists: Ray Data releases a task's output blocks only
 when the task ends or its buffer fills, so a downstream writer could sit idle for most of a run.
 """
@@ -121,8 +121,8 @@ class Detector:
         ]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Detect, commit to ``output``, return per-unit counts (:data:`detbatch.sink.SUMMARY_SCHEMA`)."""
-        from detbatch.sink import write_parts
+        """Detect, commit to ``output``, return per-unit counts (:data:`detbatch.detect.sink.SUMMARY_SCHEMA`)."""
+        from detbatch.detect.sink import write_parts
 
         return write_parts(self.score(batch), self.output)
 

@@ -1,0 +1,92 @@
+"""``DetectConfig``: one validated object per ``detbatch detect`` run (YAML in ``configs/``, flags on top).
+
+Sections: ``input``, ``output``, ``model``, ``inference``, ``ray``. Every key is checked; an unknown key is
+an error naming it (see :func:`detbatch.config.load_config`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from detbatch.config import ConfigError, RayConfig, Section
+
+
+class InputConfig(Section):
+    uri: str | None = None
+    """A folder/prefix or glob of image files, or of ``.tar`` / ``.parquet`` shards."""
+    format: Literal["auto", "images", "tar", "parquet"] = "auto"
+    manifest: str | None = None
+    """Optional COCO JSON whose ``images[].file_name`` (relative to ``uri``) give each file its ``image_id``."""
+    images_per_unit: int | None = Field(None, ge=1)
+    """Image files per read task and resume grain (a rerun redoes at most part of one unit per failure).
+    Default: ``output.rows_per_file``, so that one unit's decoded images reach the pool as one call.
+    Ray Data cuts a task's output into blocks of up to 128 MiB and hands an actor whole blocks, so a
+    unit larger than a call makes one actor take several calls while others wait."""
+
+
+class OutputConfig(Section):
+    uri: str | None = None
+    overwrite: bool = False
+    rows_per_file: int = Field(256, ge=1)
+    """Images per detector call, committed as one Parquet file pair. Larger: fewer files and less
+    per-call overhead; smaller: less decoded-pixel memory per call and less work redone after a crash."""
+
+
+class DetectModelConfig(Section):
+    name: str = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    weights: str = "DEFAULT"
+    """``DEFAULT``, a torchvision weights enum name, ``none`` (random init), or a checkpoint URI."""
+    score_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    detections_per_image: int = Field(100, ge=1)
+
+
+class InferenceConfig(Section):
+    batch_size: int = Field(8, ge=1)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    fp16: bool = True
+    """Autocast to fp16 on GPU (ignored on CPU)."""
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    gpus_per_actor: float = Field(1.0, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    """CPUs Ray reserves per detector actor."""
+    threads_per_actor: int | None = Field(None, ge=1)
+    """torch intra-op threads in each actor; default: ``cpus_per_actor`` (at least 1)."""
+    decode_cpus: float = Field(1.0, gt=0)
+    """CPUs reserved per decode task."""
+    actor_resources: dict[str, float] = {}
+    """Custom Ray resources each detector actor needs, e.g. ``{"inference_node": 1}`` to pin the pool
+    to nodes that advertise them (``ray start --resources``)."""
+    max_retries: int = Field(3, ge=0)
+    """Times a batch is retried when its actor dies (the actor is replaced)."""
+    object_store_fraction: float | None = Field(None, gt=0, le=1)
+    """Share of the object store that Ray Data may fill for this job, mostly decoded images waiting for
+    the pool; ``None``: Ray Data's default (0.5). Lower it where node memory is tight: the buffer, and
+    with it the actors' mapped memory, shrinks with it (docs/scaling.md)."""
+    calls_in_flight: int = Field(1, ge=1)
+    """Calls (of ``output.rows_per_file`` images) queued on each actor at once. 1 keeps the tail of a
+    run balanced: work waits in the pool's queue, not behind a busy actor, so no actor idles while
+    another still holds queued calls. Raise it only if actors wait for input between calls."""
+
+
+class DetectConfig(Section):
+    input: InputConfig = InputConfig()
+    output: OutputConfig = OutputConfig()
+    model: DetectModelConfig = DetectModelConfig()
+    inference: InferenceConfig = InferenceConfig()
+    ray: RayConfig = RayConfig()
+
+    @field_validator("inference")
+    @classmethod
+    def _pool_bounds(cls, v: InferenceConfig) -> InferenceConfig:
+        if v.min_actors > v.max_actors:
+            raise ValueError(f"min_actors ({v.min_actors}) > max_actors ({v.max_actors}); make min_actors ≤ max_actors")
+        return v
+
+    def require_io(self) -> None:
+        """Raise unless both input and output are set (by the file or by flags)."""
+        for section, flag in (("input", "--input"), ("output", "--output")):
+            if not getattr(self, section).uri:
+                raise ConfigError(f"{section}.uri is not set; give {flag} URI or set it in the config file")

@@ -1,0 +1,148 @@
+"""Listing the input and cutting it into units: image files, WebDataset tar shards, Parquet shards.
+
+The driver lists the input once (:func:`list_input`) and cuts it into *units* — a fixed run of image
+files, or one shard. Units are the grain of the exactly-once contract: each image is addressed by
+``(unit, index)``, its position in the sorted listing, which is the same on every run over the same
+input. :mod:`detbatch.detect.read` streams a unit's images in Ray tasks.
+
+A shard member's uri is ``SHARD_URI#FILE_NAME`` (the member's name inside the shard).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from detbatch import storage
+from detbatch.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
+SHARD_EXTENSIONS = {"tar": ".tar", "parquet": ".parquet"}
+
+
+def derived_image_id(uri: str) -> int:
+    """A stable non-negative int64 id from a uri: same uri, same id, on every run and machine."""
+    return int.from_bytes(hashlib.blake2b(uri.encode("utf-8"), digest_size=8).digest(), "big") >> 1
+
+
+@dataclass(frozen=True)
+class InputListing:
+    kind: str
+    """``images``, ``tar`` or ``parquet``."""
+    root: str
+    """The URI that file names are relative to (the folder/prefix, or a glob's fixed part)."""
+    uris: tuple[str, ...]
+    """Every input file (images or shards), sorted."""
+
+    @property
+    def digest(self) -> str:
+        """Fingerprint of the listing: a rerun on a changed input is refused rather than mixed."""
+        h = hashlib.sha256()
+        for u in self.uris:
+            h.update(u.encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
+    def relative_name(self, uri: str) -> str:
+        return relative_name(self.root, uri)
+
+
+def relative_name(root: str, uri: str) -> str:
+    """``uri``'s path below ``root`` (a shard member: the part after ``#``)."""
+    if "#" in uri:
+        return uri.split("#", 1)[1]
+    base = root.rstrip("/") + "/"
+    return uri[len(base) :] if uri.startswith(base) else posixpath.basename(uri)
+
+
+def _extension(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
+
+
+def list_input(uri: str, format: str = "auto") -> InputListing:
+    """List ``uri`` (a file, a folder/prefix, or a glob) into a sorted :class:`InputListing`."""
+    fs, path = storage.resolve(uri)
+    try:
+        if any(c in path for c in "*?["):
+            paths = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            fixed = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+            root_path = fixed if fixed.endswith("/") else posixpath.dirname(fixed)
+        elif fs.isfile(path):
+            paths, root_path = [path], posixpath.dirname(path)
+        elif fs.isdir(path):
+            paths, root_path = sorted(fs.find(path)), path
+        else:
+            raise InputError(f"{uri}: no such file, folder or prefix (check the URI and your credentials)")
+    except InputError:
+        raise
+    except Exception as e:  # network and permission errors of every fsspec backend
+        raise storage.StorageError(storage.describe_error(uri, e)) from e
+
+    by_kind = {
+        "images": [p for p in paths if _extension(p) in IMAGE_EXTENSIONS],
+        "tar": [p for p in paths if _extension(p) == ".tar"],
+        "parquet": [p for p in paths if _extension(p) == ".parquet"],
+    }
+    if format == "auto":
+        present = [k for k, v in by_kind.items() if v]
+        if not present:
+            raise InputError(
+                f"{uri}: found {len(paths)} files but no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                f"and no .tar or .parquet shards"
+            )
+        if len(present) > 1:
+            counts = ", ".join(f"{len(by_kind[k])} {k}" for k in present)
+            raise InputError(f"{uri}: mixed input ({counts}); choose one with --input-format images|tar|parquet")
+        format = present[0]
+    if format not in by_kind:
+        raise InputError(f"unknown input format {format!r}; choose auto, images, tar or parquet")
+    chosen = by_kind[format]
+    if not chosen:
+        raise InputError(f"{uri}: no {format} files found ({len(paths)} other files)")
+    ignored = len(paths) - len(chosen)
+    if ignored:
+        logger.info("%s: ignoring %d files that are not %s", uri, ignored, format)
+    root = storage.to_uri(fs, root_path.rstrip("/"))
+    return InputListing(kind=format, root=root, uris=tuple(storage.to_uri(fs, p) for p in chosen))
+
+
+def load_manifest(uri: str) -> dict[str, int]:
+    """``file_name -> image_id`` from a COCO JSON's ``images``."""
+    try:
+        coco = json.loads(storage.read_text(uri))
+    except FileNotFoundError:
+        raise InputError(f"manifest {uri} not found (check --manifest)") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"manifest {uri} is not valid JSON: {e}") from None
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise InputError(f"manifest {uri} is not a COCO JSON (no 'images' list)")
+    return {str(im["file_name"]): int(im["id"]) for im in coco["images"]}
+
+
+def plan_units(
+    listing: InputListing, images_per_unit: int, manifest: dict[str, int] | None
+) -> list[dict[str, Any]]:
+    """Cut the listing into units: rows of ``unit``, ``kind``, ``uris``, ``image_ids`` (images only)."""
+    if listing.kind != "images":
+        return [{"unit": i, "kind": listing.kind, "uris": [u], "image_ids": []} for i, u in enumerate(listing.uris)]
+    units = []
+    for i, start in enumerate(range(0, len(listing.uris), images_per_unit)):
+        uris = list(listing.uris[start : start + images_per_unit])
+        ids = [image_id_for(u, listing.relative_name(u), manifest, None) for u in uris]
+        units.append({"unit": i, "kind": "images", "uris": uris, "image_ids": ids})
+    return units
+
+
+def image_id_for(uri: str, name: str, manifest: dict[str, int] | None, given: Any) -> int:
+    """The image id a run records: ``given`` (a shard's own), else the manifest's for ``name``, else derived."""
+    if given is not None:
+        return int(given)
+    if manifest is not None and name in manifest:
+        return manifest[name]
+    return derived_image_id(uri)
