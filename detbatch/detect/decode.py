@@ -11,8 +11,6 @@ matching torchvision.io and COCO, whose boxes refer to the stored pixel grid.
 from __future__ import annotations
 
 import io
-from typing import Any
-
 import numpy as np
 import pyarrow as pa
 

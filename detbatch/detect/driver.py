@@ -10,13 +10,12 @@ See :mod:`detbatch.detect.sink` for the commit protocol that lets a rerun finish
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow as pa
 
@@ -28,6 +27,9 @@ from detbatch.errors import RunFailed
 from detbatch.detect.config import DetectConfig
 from detbatch.detect.decode import decode_batch
 from detbatch.detect.detector import Detector
+
+if TYPE_CHECKING:
+    import ray.data
 
 logger = logging.getLogger(__name__)
 

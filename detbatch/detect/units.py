@@ -19,6 +19,7 @@ from typing import Any
 
 from detbatch import storage
 from detbatch.errors import InputError
+from detbatch.metrics.pairing import normalize_name, relative_name
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +51,8 @@ class InputListing:
         return h.hexdigest()
 
     def relative_name(self, uri: str) -> str:
-        return relative_name(self.root, uri)
-
-
-def relative_name(root: str, uri: str) -> str:
-    """``uri``'s path below ``root`` (a shard member: the part after ``#``)."""
-    if "#" in uri:
-        return uri.split("#", 1)[1]
-    base = root.rstrip("/") + "/"
-    return uri[len(base) :] if uri.startswith(base) else posixpath.basename(uri)
+        """``uri``'s name below the listing's root, as a manifest's ``file_name`` gives it."""
+        return relative_name(uri, self.root)
 
 
 def _extension(path: str) -> str:
@@ -122,7 +116,7 @@ def load_manifest(uri: str) -> dict[str, int]:
         raise InputError(f"manifest {uri} is not valid JSON: {e}") from None
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise InputError(f"manifest {uri} is not a COCO JSON (no 'images' list)")
-    return {str(im["file_name"]): int(im["id"]) for im in coco["images"]}
+    return {normalize_name(str(im["file_name"])): int(im["id"]) for im in coco["images"]}
 
 
 def plan_units(

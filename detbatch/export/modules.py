@@ -17,7 +17,6 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 

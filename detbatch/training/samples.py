@@ -115,7 +115,6 @@ def augment(
     change size while the image does not (a detector that resizes its input would otherwise undo it).
     Boxes are clipped to the crop; those with less than :data:`MIN_VISIBLE_FRACTION` left are dropped.
     """
-    import torch
     import torch.nn.functional as F
 
     _, height, width = image.shape
