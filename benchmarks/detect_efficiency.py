@@ -105,7 +105,7 @@ class PeakSampler:
     def _run(self):
         import psutil
 
-        from detbatch.evaluate import proc_status_mib
+        from detbatch.runtime import proc_status_mib
 
         while not self._stop.is_set():
             mine = self.me.memory_full_info()

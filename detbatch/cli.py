@@ -31,6 +31,8 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--ray-address", help="Ray cluster to join (default: the job's, else a local one)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an output made with other settings")
+    p.add_argument("--take-over", action="store_true", default=None,
+                   help="take the output's lease from a run that looks alive (only if you know it is dead)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
     p.set_defaults(run=_run_detect)
 
@@ -42,6 +44,7 @@ DETECT_FLAGS = {
     "input.manifest": "manifest",
     "output.uri": "output",
     "output.overwrite": "overwrite",
+    "output.take_over": "take_over",
     "model.name": "model",
     "model.weights": "weights",
     "model.score_threshold": "score_threshold",
@@ -57,16 +60,13 @@ def load_job_config(config_class: type, args: argparse.Namespace, flags: dict[st
     """The config file, then ``--set`` and the flags that were given on top; a key set both ways is an error."""
     from detbatch.config import ConfigError, load_config, parse_assignment
 
-    overrides = dict(parse_assignment(s) for s in args.set)
-    for key, dest in flags.items():
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        if key in overrides:
-            flag = "--" + dest.replace("_", "-")
-            raise ConfigError(f"{key} is given twice, by {flag} {value!r} and by --set {key}={overrides[key]!r}; keep one")
-        overrides[key] = value
-    return load_config(config_class, args.config, overrides)
+    assignments = dict(parse_assignment(s) for s in args.set)
+    given = {key: getattr(args, dest) for key, dest in flags.items() if getattr(args, dest) is not None}
+    for key in given.keys() & assignments.keys():
+        flag = "--" + flags[key].replace("_", "-")
+        raise ConfigError(f"{key} is given twice, by {flag} {given[key]!r} and by --set {key}={assignments[key]!r}; "
+                          f"keep one")
+    return load_config(config_class, args.config, given, assignments)
 
 
 def _run_detect(args: argparse.Namespace) -> int:
@@ -86,29 +86,30 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="COCO mAP (exactly pycocotools') or VOC AP of a detect output against COCO ground truth",
     )
-    p.add_argument("--detections", required=True, help="a detect output folder (RUN), any fsspec URI")
-    p.add_argument("--ground-truth", required=True, help="COCO instances JSON, local path or URI")
-    p.add_argument("--out", required=True, help="folder for metrics.json, report.md, pr_curves.png")
-    p.add_argument("--metric", choices=["coco", "voc"], default="coco")
-    p.add_argument("--iou-type", choices=["bbox"], default="bbox")
-    p.add_argument("--pair-by", choices=["auto", "image_id", "file_name"], default="auto",
+    p.add_argument("--config", help="YAML config (see configs/evaluate.yaml); flags override it")
+    p.add_argument("--detections", help="a detect output folder (RUN), any fsspec URI")
+    p.add_argument("--ground-truth", help="COCO instances JSON, local path or URI")
+    p.add_argument("--out", help="folder for metrics.json, report.md, pr_curves.png")
+    p.add_argument("--metric", choices=["coco", "voc"])
+    p.add_argument("--iou-type", choices=["bbox"])
+    p.add_argument("--pair-by", choices=["auto", "image_id", "file_name"],
                    help="how detections find their ground-truth image (see docs/evaluate.md)")
     p.add_argument("--ray-address", help="Ray cluster to use for large inputs (default: the job's, else local)")
+    p.add_argument("--allow-incomplete", action="store_true", default=None,
+                   help="evaluate a detect run that is not finished (no run.json); metrics.json says complete: false")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (e.g. use_ray=true)")
     p.set_defaults(run=_run_evaluate)
+
+
+# Evaluate's config is flat: each flag's dest is its key.
+EVALUATE_FLAGS = {key: key for key in ("detections", "ground_truth", "out", "metric", "iou_type", "pair_by", "ray_address",
+                                        "allow_incomplete")}
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from detbatch.evaluate import EvaluateConfig, run_evaluate, summary_lines
 
-    config = EvaluateConfig(
-        detections=args.detections,
-        ground_truth=args.ground_truth,
-        out=args.out,
-        metric=args.metric,
-        iou_type=args.iou_type,
-        pair_by=args.pair_by,
-        ray_address=args.ray_address,
-    )
+    config = load_job_config(EvaluateConfig, args, EVALUATE_FLAGS)
     metrics = run_evaluate(config)
     print("\n".join(summary_lines(metrics)))
     print(f"  metrics: {config.out}/metrics.json   report: {config.out}/report.md   curves: {config.out}/pr_curves.png")
@@ -240,7 +241,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check-count", type=int, default=8, help="how many of --check-images to use, spread over the listing")
     p.add_argument("--score-threshold", type=float, default=0.05, help="baked into the exported model")
     p.add_argument("--detections-per-image", type=int, default=100, help="baked into the exported model")
-    p.add_argument("--tolerance", type=float, default=None, help="parity tolerance (default 1e-3; see detbatch/export.py)")
+    p.add_argument("--tolerance", type=float, default=None, help="parity tolerance (default 1e-3; see PARITY_TOLERANCE in detbatch/export/exporter.py)")
     p.set_defaults(run=_run_export)
 
 

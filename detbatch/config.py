@@ -3,7 +3,8 @@
 Each job has its config class beside it (:class:`detbatch.detect.config.DetectConfig`,
 :class:`detbatch.training.config.TrainConfig`, :class:`detbatch.evaluate.config.EvaluateConfig`), built
 from :class:`Section`s. Every key is checked, so a typo is an error naming the key rather than a silently
-ignored setting. CLI flags and ``--set section.key=value`` override the file (:func:`load_config`).
+ignored setting. CLI flags and ``--set section.key=value`` override the file (:func:`load_config`;
+the CLI's ``load_job_config`` refuses one key given both ways).
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def load_config(
     model: type[BaseModel],
     path: str | None = None,
     overrides: dict[str, Any] | None = None,
+    assignments: dict[str, Any] | None = None,
 ) -> Any:
-    """Load ``path`` (YAML, local or URI) into ``model``, then apply dotted ``overrides`` (None skipped)."""
+    """Load ``path`` (YAML, local or URI) into ``model``, then apply dotted ``overrides`` (None skipped:
+    a flag that was not given) and ``assignments`` (``--set``; None is a value, so ``KEY=null`` clears it)."""
     tree: dict[str, Any] = {}
     source = "(defaults)"
     if path:
@@ -85,6 +88,8 @@ def load_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
+    for key, value in (assignments or {}).items():
+        _set_dotted(tree, key, value)
     try:
         return model.model_validate(tree)
     except ValidationError as e:

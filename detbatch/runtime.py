@@ -1,11 +1,14 @@
-"""Connecting to Ray: the job's cluster when there is one, else a local Ray started in-process."""
+"""Connecting to Ray: the job's cluster when there is one, else a local Ray started in-process; and
+measuring a process's memory (the tasks of evaluate and the benchmarks report it)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +82,51 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     elif not ray.is_initialized():  # RAY_ADDRESS (a job's cluster: never replaced by a local Ray), or as given
         ray.init(address=address, runtime_env=runtime_env, **common)
     logger.info("connected to Ray: %s", ray.get_runtime_context().gcs_address)
+
+
+def proc_status_mib(field: str, pid: int | str = "self") -> float | None:
+    """A memory line (``VmHWM``, ``RssAnon``, ...) of /proc/PID/status (Linux), MiB; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process, MiB (in a Ray worker: object-store pages it touched too)."""
+    # VmHWM starts afresh at exec; ru_maxrss keeps the peak of the process that forked this one.
+    peak = proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PrivateMemoryPeak:
+    """Peak private (anonymous) resident memory of this process while the ``with`` block runs, MiB,
+    sampled every 50 ms (``peak_mib``; 0 where /proc is missing).
+
+    A Ray worker's VmHWM also counts the shared object-store pages of every object it ever read or wrote;
+    its private memory is what a task itself needs.
+    """
+
+    def __init__(self) -> None:
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_mib = max(self.peak_mib, proc_status_mib("RssAnon") or 0.0)
+            if self._stop.wait(0.05):
+                return
+
+    def __enter__(self) -> PrivateMemoryPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, proc_status_mib("RssAnon") or 0.0)

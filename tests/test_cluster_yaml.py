@@ -95,7 +95,7 @@ def test_job_upload_leaves_out_environments_outputs_and_data(tmp_path):
     root.mkdir()
     for name in (".gitignore", ".rayignore"):
         shutil.copy(REPO / name, root / name)
-    kept = ["jobs/detect.py", "detbatch/detect.py", "configs/detect.yaml", "cluster.yaml"]
+    kept = ["jobs/detect.py", "detbatch/detect/driver.py", "configs/detect.yaml", "cluster.yaml"]
     dropped = [".venv/lib/torch.py", ".git/HEAD", "demo-output/detections/a.parquet", "data/coco/img.jpg",
                "model.pt", "exports/detector.onnx", "detbatch/__pycache__/x.pyc", "shards/s-000.tar"]
     for name in kept + dropped:

@@ -1,19 +1,13 @@
-from pathlib import Path
+"""The shared config machinery of detbatch/config.py: loading, overrides, ``--set`` parsing, error messages.
+
+The configs of each job are tested beside the job (tests/detect/test_config.py, tests/training/test_config.py).
+"""
 
 import pytest
 
-from detbatch.cli import build_parser
 from detbatch.config import ConfigError, load_config, parse_assignment
 
 from detbatch.detect.config import DetectConfig
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-@pytest.mark.parametrize("name", ["detect.yaml", "local.yaml"])
-def test_shipped_configs_validate(name):
-    config = load_config(DetectConfig, str(CONFIGS / name))
-    assert config.input.uri and config.output.uri
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -37,18 +31,6 @@ def test_bad_value_names_key_and_value(tmp_path):
         load_config(DetectConfig, str(path))
 
 
-@pytest.mark.parametrize("fraction", [0, 1.5])
-def test_object_store_fraction_is_a_share(fraction):
-    with pytest.raises(ConfigError, match=rf"inference.object_store_fraction.*got {fraction}"):
-        load_config(DetectConfig, None, {"inference.object_store_fraction": fraction})
-    assert load_config(DetectConfig, None, {"inference.object_store_fraction": 0.1}).inference.object_store_fraction == 0.1
-
-
-def test_pool_bounds_checked():
-    with pytest.raises(ConfigError, match=r"min_actors \(3\) > max_actors \(2\)"):
-        load_config(DetectConfig, None, {"inference.min_actors": 3, "inference.max_actors": 2})
-
-
 def test_flags_override_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("input:\n  uri: a\nmodel:\n  score_threshold: 0.5\ninference:\n  batch_size: 4\n")
@@ -65,24 +47,41 @@ def test_set_assignment_parses_yaml_values():
         parse_assignment("batch_size")
 
 
-def test_missing_io_is_an_error():
-    with pytest.raises(ConfigError, match="input.uri is not set; give --input"):
-        DetectConfig().require_io()
+def test_missing_config_file_is_named(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=rf"config file {path} not found"):
+        load_config(DetectConfig, str(path))
 
 
-def test_cli_reports_config_errors(tmp_path, capsys):
-    from detbatch.cli import main
-
+@pytest.mark.parametrize(
+    "text, message",
+    [("inference: [1, 2\n", "is not valid YAML"), ("- a\n- b\n", "must hold a mapping of sections, got list")],
+)
+def test_unusable_config_file_is_named(tmp_path, text, message):
     path = tmp_path / "c.yaml"
-    path.write_text("inference:\n  batch_sise: 4\n")
-    assert main(["detect", "--config", str(path), "--input", "x", "--output", "y"]) == 2
-    assert "unknown key 'inference.batch_sise'" in capsys.readouterr().err
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"config file {path} {message}"):
+        load_config(DetectConfig, str(path))
 
 
-def test_cli_parses_every_documented_flag():
-    args = build_parser().parse_args(
-        ["detect", "--config", "c", "--input", "i", "--output", "o", "--model", "m", "--weights", "none",
-         "--score-threshold", "0.3", "--batch-size", "2", "--overwrite"]
-    )
-    assert (args.input, args.output, args.model, args.weights, args.score_threshold, args.batch_size, args.overwrite) == (
-        "i", "o", "m", "none", 0.3, 2, True)
+def test_empty_config_file_gives_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# nothing set\n")
+    assert load_config(DetectConfig, str(path)) == DetectConfig()
+
+
+def test_override_below_a_value_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("inference:\n  batch_size: 4\n")
+    with pytest.raises(ConfigError, match=r"cannot set 'inference.batch_size.x': 'batch_size' is not a section"):
+        load_config(DetectConfig, str(path), {"inference.batch_size.x": 1})
+
+
+def test_config_file_from_s3(s3_bucket):
+    from detbatch import storage
+
+    uri = f"{s3_bucket}/configs/c.yaml"
+    storage.write_text(uri, "inference:\n  max_actors: 5\n")
+    assert load_config(DetectConfig, uri).inference.max_actors == 5
+    with pytest.raises(ConfigError, match=rf"config file {s3_bucket}/configs/missing.yaml not found"):
+        load_config(DetectConfig, f"{s3_bucket}/configs/missing.yaml")

@@ -288,7 +288,6 @@ def test_failing_job_through_job_submission_client(job_cluster, shapes):
     assert not (shapes / "never").exists()
 
 
-@pytest.mark.skipif(not (REPO / "jobs" / "train.py").exists(), reason="jobs/train.py (issue 4, `detbatch train`) does not exist yet")
 def test_train_job_writes_a_checkpoint(job_cluster, shapes, tmp_path):
     """A few steps of the tiny model on the synthetic shapes; the best checkpoint lands at --model-uri."""
     done = job_cluster.submit(

@@ -1,10 +1,15 @@
-"""The environment detbatch's local Ray gives its workers (runtime.WORKER_ENV)."""
+"""The environment detbatch's local Ray gives its workers (runtime.WORKER_ENV), and the memory helpers."""
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 
-from detbatch.runtime import WORKER_ENV, local_ray_env
+import numpy as np
+import pytest
+
+from detbatch.runtime import WORKER_ENV, PrivateMemoryPeak, local_ray_env, peak_rss_mib, proc_status_mib
 
 
 def test_local_ray_env_sets_only_what_is_unset_and_restores(monkeypatch):
@@ -25,3 +30,25 @@ def test_workers_run_on_rays_jemalloc_without_decay(ray_cluster):
             return "libjemalloc" in f.read(), os.environ.get("MALLOC_CONF")
 
     assert ray.get(allocator.remote()) == (True, WORKER_ENV["MALLOC_CONF"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/status is Linux's")
+def test_proc_status_mib_reads_this_and_other_processes():
+    rss = proc_status_mib("VmRSS")
+    assert isinstance(rss, float) and rss > 0
+    assert proc_status_mib("VmRSS", os.getpid()) == pytest.approx(rss, rel=0.5)
+    assert proc_status_mib("NoSuchField") is None
+    assert proc_status_mib("VmRSS", 2**30) is None  # no such process
+    assert peak_rss_mib() >= proc_status_mib("VmRSS") - 1  # the peak is never below the current (KiB rounding)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/status is Linux's")
+def test_private_memory_peak_sees_an_allocation_freed_inside_the_block():
+    size_mib = 128
+    before = proc_status_mib("RssAnon")
+    with PrivateMemoryPeak() as memory:
+        block = np.ones(size_mib * 2**20, dtype=np.uint8)  # written, so resident
+        time.sleep(0.3)  # several 50 ms samples while it is held
+        del block
+    assert proc_status_mib("RssAnon") < before + size_mib / 2  # freed again: only a sample saw it
+    assert memory.peak_mib >= before + size_mib * 0.9

@@ -29,6 +29,12 @@ class InputConfig(Section):
 class OutputConfig(Section):
     uri: str | None = None
     overwrite: bool = False
+    """Replace a detbatch output made with other settings (only detbatch's own files are deleted)."""
+    take_over: bool = False
+    """Take the output's lease although its holder looks alive (say so only when that run is dead)."""
+    lease_timeout_s: float = Field(60.0, gt=0)
+    """A holder on another host whose heartbeat is older than this is taken for dead (docs/reliability.md).
+    On the same host a dead holder is recognised at once."""
     rows_per_file: int = Field(256, ge=1)
     """Images per detector call, committed as one Parquet file pair. Larger: fewer files and less
     per-call overhead; smaller: less decoded-pixel memory per call and less work redone after a crash."""

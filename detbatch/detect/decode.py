@@ -11,8 +11,11 @@ matching torchvision.io and COCO, whose boxes refer to the stored pixel grid.
 from __future__ import annotations
 
 import io
+
 import numpy as np
 import pyarrow as pa
+
+from detbatch.detect.read import ROW_ID_FIELDS
 
 
 def decode_image(data: bytes | None) -> tuple[np.ndarray | None, str | None]:
@@ -36,19 +39,19 @@ def decode_image(data: bytes | None) -> tuple[np.ndarray | None, str | None]:
         return None, f"corrupt image: {e}"
 
 
+def decode_sample(data: bytes | None, error: str | None) -> tuple[np.ndarray | None, str | None]:
+    """A read sample (its bytes, or the reason they could not be read) -> ``(H×W×3 uint8 array, None)``,
+    or ``(None, reason)``: the read's reason when there is one, else the decoder's (:func:`decode_image`)."""
+    if error is not None:
+        return None, error
+    return decode_image(data)
+
+
+# Rows of the decode stage: the read row's id columns, then the pixels (see the module docstring); an
+# error row has ``status="error"``, empty ``pixels`` and width = height = 0.
 DECODED_SCHEMA = pa.schema(
-    [
-        ("unit", pa.int64()),
-        ("index", pa.int64()),
-        ("last", pa.bool_()),
-        ("uri", pa.string()),
-        ("image_id", pa.int64()),
-        ("pixels", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-    ]
+    [*ROW_ID_FIELDS, pa.field("pixels", pa.binary()), pa.field("width", pa.int32()), pa.field("height", pa.int32()),
+     pa.field("status", pa.string()), pa.field("error", pa.string())]
 )
 
 
@@ -57,10 +60,7 @@ def decode_batch(batch: dict[str, np.ndarray]) -> pa.Table:
     n = len(batch["uri"])
     pixels, widths, heights, status, errors = [], np.zeros(n, np.int32), np.zeros(n, np.int32), [], []
     for i in range(n):
-        error = batch["error"][i]
-        array = None
-        if error is None:
-            array, error = decode_image(batch["data"][i])
+        array, error = decode_sample(batch["data"][i], batch["error"][i])
         if array is None:
             pixels.append(b"")
             status.append("error")
@@ -70,6 +70,6 @@ def decode_batch(batch: dict[str, np.ndarray]) -> pa.Table:
             pixels.append(array.tobytes())
             status.append("ok")
             errors.append(None)
-    columns = {k: batch[k] for k in ("unit", "index", "last", "uri", "image_id")}
+    columns = {f.name: batch[f.name] for f in ROW_ID_FIELDS}
     columns.update(pixels=pixels, width=widths, height=heights, status=status, error=errors)
     return pa.Table.from_pydict(columns, schema=DECODED_SCHEMA)

@@ -15,25 +15,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from detbatch.detect.decode import DECODED_SCHEMA
+
 logger = logging.getLogger(__name__)
 
-PASSTHROUGH = ("unit", "index", "last", "uri", "image_id", "width", "height", "status", "error")
+# The decoded rows' columns that pass through to the output (all but the pixels).
+PASSTHROUGH = tuple(n for n in DECODED_SCHEMA.names if n != "pixels")
 
+# One row per image: the passthrough columns, then its detections as lists (``box``: 4 floats per
+# detection, xyxy pixels of the original image).
 SCORED_SCHEMA = pa.schema(
     [
-        ("unit", pa.int64()),
-        ("index", pa.int64()),
-        ("last", pa.bool_()),
-        ("uri", pa.string()),
-        ("image_id", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("category_id", pa.list_(pa.int32())),
-        ("category", pa.list_(pa.string())),
-        ("score", pa.list_(pa.float32())),
-        ("box", pa.list_(pa.float32())),
+        *(DECODED_SCHEMA.field(n) for n in PASSTHROUGH),
+        pa.field("category_id", pa.list_(pa.int32())),
+        pa.field("category", pa.list_(pa.string())),
+        pa.field("score", pa.list_(pa.float32())),
+        pa.field("box", pa.list_(pa.float32())),
     ]
 )
 
@@ -80,6 +77,7 @@ class Detector:
         threads: int = 1,
         batch_size: int = 8,
         output: str | None = None,
+        generation: int = 0,
     ):
         import warnings
 
@@ -96,6 +94,7 @@ class Detector:
         self.fp16 = fp16 and self.device == "cuda"
         self.batch_size = batch_size
         self.output = output
+        self.generation = generation
         labels = loaded.categories.labels
         self.category_ids = np.array([c[0] if c else i for i, c in enumerate(labels)], dtype=np.int32)
         self.category_names = np.array([c[1] if c else "N/A" for c in labels], dtype=object)
@@ -121,10 +120,11 @@ class Detector:
         ]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Detect, commit to ``output``, return per-unit counts (:data:`detbatch.detect.sink.SUMMARY_SCHEMA`)."""
+        """Detect, commit to ``output`` as lease ``generation``, return per-unit counts
+        (:data:`detbatch.detect.sink.SUMMARY_SCHEMA`)."""
         from detbatch.detect.sink import write_parts
 
-        return write_parts(self.score(batch), self.output)
+        return write_parts(self.score(batch), self.output, self.generation)
 
     def score(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Decoded rows -> one row per image with its detections (:data:`SCORED_SCHEMA`)."""

@@ -23,8 +23,11 @@ from detbatch import __version__, storage
 from detbatch.detect import read, sink
 from detbatch.detect.units import InputListing, list_input, load_manifest, plan_units
 from detbatch.config import ConfigError
-from detbatch.errors import RunFailed
 from detbatch.detect.config import DetectConfig
+from detbatch.detect.lease import Lease, LeaseLost
+from detbatch.detect.output import RUN_FILE, OpenedOutput, open_output
+from detbatch.errors import RunFailed
+from detbatch.models import check_weights
 from detbatch.detect.decode import decode_batch
 from detbatch.detect.detector import Detector
 
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "_detbatch/state.json"
-
+# Times Ray Data reruns a task whose storage kept failing (each run retries every call ~30 s itself).
+READ_TASK_RETRIES = 3
 
 class DetectIncomplete(RunFailed):
     """The stream ended with images uncommitted; a rerun of the same command finishes them."""
@@ -61,63 +64,6 @@ class DetectSummary:
             f"detect: {self.images_ok} images ok, {self.images_error} in error, {self.detections} detections, "
             f"{self.images_per_second:.2f} images/s{resumed} -> {self.output}{tail}"
         )
-
-
-def fingerprint(config: DetectConfig) -> dict[str, Any]:
-    """Settings that change what lands in the output; a rerun must match them to resume."""
-    return {
-        "input": config.input.uri,
-        "format": config.input.format,
-        "manifest": config.input.manifest,
-        "images_per_unit": config.input.images_per_unit,
-        "model": config.model.name,
-        "weights": config.model.weights,
-        "score_threshold": config.model.score_threshold,
-        "detections_per_image": config.model.detections_per_image,
-    }
-
-
-def _read_json(uri: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(storage.read_text(uri))
-    except FileNotFoundError:
-        return None
-
-
-def _prepare_output(config: DetectConfig, listing: InputListing) -> tuple[DetectConfig, dict[str, Any] | None]:
-    """Check OUTPUT against this run. Returns the config with its unit size settled, and the finished
-    run.json if there is nothing left to do."""
-    output = config.output.uri
-    fs, path = storage.resolve(output)
-    if config.output.overwrite and fs.exists(path):
-        logger.warning("--overwrite: deleting %s", output)
-        fs.rm(path, recursive=True)
-    state_uri = storage.join(output, STATE_FILE)
-    state = _read_json(state_uri)
-    if config.input.images_per_unit is None:
-        # One call's worth, or the unit size of the run being resumed: units are positions in the
-        # output, and output.rows_per_file, which does not change results, may change between runs.
-        config = config.model_copy(deep=True)
-        config.input.images_per_unit = (state or {}).get("fingerprint", {}).get("images_per_unit") or config.output.rows_per_file
-    wanted = {"fingerprint": fingerprint(config), "listing_digest": listing.digest, "num_inputs": len(listing.uris)}
-    if state is not None:
-        if state["fingerprint"] != wanted["fingerprint"]:
-            diff = {k: (v, wanted["fingerprint"].get(k)) for k, v in state["fingerprint"].items() if wanted["fingerprint"].get(k) != v}
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise ConfigError(
-                f"{output} holds a detect run with other settings ({changes}); "
-                f"use another --output, or --overwrite to replace it"
-            )
-        if state["listing_digest"] != wanted["listing_digest"]:
-            raise ConfigError(
-                f"{output} was started on a different set of input files ({state['num_inputs']} then, "
-                f"{len(listing.uris)} now); use another --output, or --overwrite to start over"
-            )
-        return config, _read_json(storage.join(output, "run.json"))
-    if fs.exists(path) and fs.ls(path):
-        raise ConfigError(f"{output} is not empty and holds no detbatch run; choose an empty --output or use --overwrite")
-    storage.write_text(state_uri, json.dumps(wanted, indent=2))
-    return config, None
 
 
 def _library_versions() -> dict[str, str]:
@@ -147,14 +93,14 @@ def _installed_version(package: str) -> str:
 
 
 def _read_stage(
-    units: dict[str, Any], root: str, manifest: dict[str, int] | None, skips: dict[int, list[tuple[int, int]]]
+    units: dict[str, Any], manifest: dict[str, int] | None, skips: dict[int, list[tuple[int, int]]]
 ) -> Iterator["pa.Table"]:
     """map_batches UDF over unit rows (batch_size=1): yield the unit's images in small batches."""
     for i in range(len(units["unit"])):
         unit = {k: units[k][i] for k in units}
         unit["uris"], unit["image_ids"] = list(unit["uris"]), list(unit["image_ids"])
         rows = []
-        for row in read.read_unit(unit, root, manifest, skips.get(int(unit["unit"]), [])):
+        for row in read.read_unit(unit, manifest, skips.get(int(unit["unit"]), [])):
             rows.append(row)
             if len(rows) == read.ROWS_PER_READ_BATCH:
                 yield pa.Table.from_pylist(rows, schema=read.READ_SCHEMA)
@@ -179,7 +125,7 @@ def read_and_decode(
     shard_manifest = manifest if listing.kind != "images" else None
     return (
         ray.data.from_items(units, override_num_blocks=len(units))
-        .map_batches(_read_stage, batch_size=1, fn_kwargs={"root": listing.root, "manifest": shard_manifest, "skips": skips},
+        .map_batches(_read_stage, batch_size=1, fn_kwargs={"manifest": shard_manifest, "skips": skips},
                      num_cpus=decode_cpus)
         # batch_size=None: decode each block the reader yields. Ray fuses the two stages into one task
         # that takes max(batch sizes) input rows, and input rows are units: a batch size here would
@@ -203,34 +149,43 @@ def _pool_resources(config: DetectConfig) -> tuple[float, int, str]:
 
 def run_detect(config: DetectConfig) -> DetectSummary:
     """Run (or resume) a detect job as described by ``config``; returns its summary."""
-    from ray.data import ActorPoolStrategy, DataContext
-
-    from detbatch.models import check_weights
     from detbatch.runtime import init_ray
 
     config.require_io()
     check_weights(config.model.name, config.model.weights)
     started = time.perf_counter()
-    output = config.output.uri
     listing = list_input(config.input.uri, config.input.format)
     manifest = load_manifest(config.input.manifest) if config.input.manifest else None
-    config, finished = _prepare_output(config, listing)
-    if finished is not None:
-        counts = finished["counts"]
-        return DetectSummary(output, counts["images_ok"], counts["images_error"], counts["detections"], 0,
-                             counts["images_ok"] + counts["images_error"], 0.0, 0.0, already_complete=True)
+    opened = open_output(config, listing)
+    try:
+        config = opened.config
+        if opened.finished is not None:
+            counts = opened.finished["counts"]
+            return DetectSummary(config.output.uri, counts["images_ok"], counts["images_error"], counts["detections"],
+                                 0, counts["images_ok"] + counts["images_error"], 0.0, 0.0, already_complete=True)
+        init_ray(config.ray.address)
+        return _run(config, listing, manifest, opened, started)
+    finally:
+        opened.lease.release()
 
+
+def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] | None, opened: OpenedOutput,
+         started: float) -> DetectSummary:
+    """The stream over what is left, then the checks and run.json; the caller holds the output's lease."""
+    from ray.data import ActorPoolStrategy, DataContext
+
+    output, lease = config.output.uri, opened.lease
     log = sink.read_commit_log(output)
-    sink.remove(log.debris)
+    # Safe while this run holds the lease: a fenced-off writer's late file makes at most a half pair,
+    # which no reader counts (detbatch.detect.sink).
+    storage.remove(log.debris)
     all_units = plan_units(listing, config.input.images_per_unit, manifest)
-    units = [u for u in all_units if u["unit"] not in log.finished]
-    skips = {u["unit"]: log.skip(u["unit"]) for u in units if log.skip(u["unit"])}
+    todo = [u for u in all_units if u["unit"] not in log.finished]
+    skips = {u["unit"]: log.skip(u["unit"]) for u in todo if log.skip(u["unit"])}
     logger.info(
         "%s: %d %s inputs, %d units to do (%d finished earlier, %d images committed)",
-        config.input.uri, len(listing.uris), listing.kind, len(units), len(log.finished), log.committed_images,
+        config.input.uri, len(listing.uris), listing.kind, len(todo), len(log.finished), log.committed_images,
     )
-
-    init_ray(config.ray.address)
     gpus, threads, device = _pool_resources(config)
     inf = config.inference
     context = DataContext.get_current()
@@ -239,50 +194,59 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     context.execution_options.preserve_order = True
     # How much decoded pixels may pile up ahead of the pool (None: Ray Data's default).
     context.override_object_store_memory_limit_fraction = inf.object_store_fraction
+    # Storage that kept failing through every in-process retry fails its task; Ray Data runs the task
+    # again (a generator task's replay skips the rows already delivered). Nothing else is retried: a
+    # lost lease or a bug must stop the run.
+    context.retried_map_errors = [storage.TransientStorageError.__name__]
+    context.max_map_retries = READ_TASK_RETRIES
 
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
-    if units:
-        ds = (
-            read_and_decode(units, listing, manifest, skips, inf.decode_cpus)
-            .map_batches(
-                Detector.configured(
-                    model=config.model.name,
-                    weights=config.model.weights,
-                    score_threshold=config.model.score_threshold,
-                    detections_per_image=config.model.detections_per_image,
-                    device=device,
-                    fp16=inf.fp16,
-                    threads=threads,
-                    batch_size=inf.batch_size,
-                    output=output,
-                ),
-                # One call = one committed file pair; the model sees mini-batches of batch_size.
-                batch_size=config.output.rows_per_file,
-                compute=ActorPoolStrategy(min_size=inf.min_actors, max_size=inf.max_actors,
-                                           max_tasks_in_flight_per_actor=inf.calls_in_flight),
-                num_cpus=inf.cpus_per_actor,
-                num_gpus=gpus,
-                resources=inf.actor_resources or None,
-                # A dead actor is replaced and its batch retried, up to max_retries times per batch.
-                # (Ray Data's own default retries forever, so a batch that kills every actor it
-                # reaches would never end the job.) Ray 2.60 deprecates this argument without a named
-                # replacement; docs/detect.md, "Retries", says what to do when it goes.
-                ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": inf.max_retries},
-            )
+    if todo:
+        ds = read_and_decode(todo, listing, manifest, skips, inf.decode_cpus).map_batches(
+            Detector.configured(
+                model=config.model.name,
+                weights=config.model.weights,
+                score_threshold=config.model.score_threshold,
+                detections_per_image=config.model.detections_per_image,
+                device=device,
+                fp16=inf.fp16,
+                threads=threads,
+                batch_size=inf.batch_size,
+                output=output,
+                generation=lease.generation,
+            ),
+            # One call = one committed file pair; the model sees mini-batches of batch_size.
+            batch_size=config.output.rows_per_file,
+            compute=ActorPoolStrategy(min_size=inf.min_actors, max_size=inf.max_actors,
+                                      max_tasks_in_flight_per_actor=inf.calls_in_flight),
+            num_cpus=inf.cpus_per_actor,
+            num_gpus=gpus,
+            resources=inf.actor_resources or None,
+            # A dead actor is replaced and its batch retried, up to max_retries times per batch.
+            # (Ray Data's own default retries forever, so a batch that kills every actor it
+            # reaches would never end the job.) Ray 2.60 deprecates this argument without a named
+            # replacement; docs/detect.md, "Retries", says what to do when it goes.
+            ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": inf.max_retries},
         )
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for key in processed:
-                processed[key] += int(batch[key].to_numpy().sum())
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for key in processed:
+                    processed[key] += int(batch[key].to_numpy().sum())
+        except Exception as e:
+            _raise_known_cause(e, lease)
+            raise
 
     wall = time.perf_counter() - started
-    finished_units = sink.read_commit_log(output).finished
-    missing = [u["unit"] for u in all_units if u["unit"] not in finished_units]
+    lease.check()
+    log = sink.read_commit_log(output)
+    missing = [u["unit"] for u in all_units if u["unit"] not in log.finished]
     if missing:
         raise DetectIncomplete(
             f"{len(missing)} of {len(all_units)} units did not complete (first: {missing[:5]}); "
             f"rerun the same command to finish them"
         )
-    totals = _count_output(output)
+    storage.remove(log.debris)
+    totals = _count_output(output, log)
     images_done = processed["images_ok"] + processed["images_error"]
     summary = DetectSummary(
         output=output,
@@ -296,28 +260,42 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     )
     run = {
         "config": config.model_dump(),
-        "fingerprint": fingerprint(config),
+        "fingerprint": opened.fingerprint,
         "input": {"uri": config.input.uri, "root": listing.root, "kind": listing.kind, "manifest": config.input.manifest,
                   "num_inputs": len(listing.uris)},
         "model": {"name": config.model.name, "weights": config.model.weights, "device": device},
         "versions": _library_versions(),
         "counts": {k: getattr(summary, k) for k in ("images_ok", "images_error", "detections")},
         "this_run": {"images_processed": images_done, "images_resumed": summary.images_resumed},
+        "lease_generation": lease.generation,
         "wall_seconds": round(wall, 3),
         "images_per_second": round(summary.images_per_second, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    storage.write_text(storage.join(output, "run.json"), json.dumps(run, indent=2))
+    lease.check()
+    storage.write_text(storage.join(output, RUN_FILE), json.dumps(run, indent=2))
     return summary
 
 
-def _count_output(output: str) -> dict[str, int]:
-    """Totals over the whole output (this run and earlier ones), from the images table."""
+def _raise_known_cause(error: BaseException, lease: Lease) -> None:
+    """Turn a stream failure whose cause detbatch knows (a lost lease, storage that kept failing) into its
+    own error, which says what to do; anything else propagates as it is."""
+    lease.check()
+    text = f"{type(error).__name__}: {error}"
+    for known in (LeaseLost, storage.TransientStorageError):
+        if known.__name__ in text:
+            raise DetectIncomplete(f"the stream stopped: {text.splitlines()[-1]}; rerun the same command to "
+                                   f"finish the rest") from error
+
+
+def _count_output(output: str, log: sink.CommitLog) -> dict[str, int]:
+    """Totals over the committed parts (this run's and earlier ones'), from the images table."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    fs, path = storage.resolve(output)
-    images = pads.dataset(storage.join(path, "images"), filesystem=fs, format="parquet")
+    fs, _ = storage.resolve(output)
+    files = [storage.resolve(uri)[1] for uri in log.files(output, "images")]
+    images = pads.dataset(files, filesystem=fs, format="parquet")
     totals = {"images_ok": 0, "images_error": 0, "detections": 0}
     for batch in images.to_batches(columns=["status", "num_detections"]):
         ok = int(pc.sum(pc.equal(batch["status"], "ok")).as_py() or 0)

@@ -2,16 +2,22 @@
 
 Layout of a detect output::
 
-    OUTPUT/detections/UUUUUUUU-SSSSSSS-EEEEEEE[-last].parquet   one row per detection
-    OUTPUT/images/UUUUUUUU-SSSSSSS-EEEEEEE[-last].parquet       one row per image (the commit record)
-    OUTPUT/_detbatch/state.json                                   what this output is being computed with
-    OUTPUT/run.json                                               written last, on success
+    OUTPUT/detections/UUUUUUUU-SSSSSSS-EEEEEEE[-last].gGGGGGG.parquet   one row per detection
+    OUTPUT/images/UUUUUUUU-SSSSSSS-EEEEEEE[-last].gGGGGGG.parquet       one row per image (the commit record)
+    OUTPUT/_detbatch/state.json        what this output is being computed with (detbatch.detect.output)
+    OUTPUT/_detbatch/lease/*.json      who writes it (detbatch.detect.lease)
+    OUTPUT/run.json                    written last, on success
 
 A file pair covers the images ``[S, E)`` of unit ``U`` (see :mod:`detbatch.detect.units`); ``-last`` marks
-the pair that holds the unit's last image. The detections file is written first, the images file
-second, each whole (an object PUT, or a rename locally). So an images file is proof that its range
-is done, detections included; a detections file without its images file is debris of a crash.
-A rerun reads only these *names* to know what is committed.
+the pair that holds the unit's last image; ``G`` is the lease generation of the run that wrote it (outputs
+of detbatch before leases have names without ``.gG``: generation 0). The detections file is written first,
+the images file second, each whole (an object PUT, or an fsynced rename of a hidden temporary locally).
+
+A part is *committed* when both of its files exist. Of committed parts that overlap (only a fenced-off
+older writer can make them), the newer generation wins, then the earlier start; the rest, and every half
+pair, are *debris*: never read, deleted by the next run that holds the lease. :func:`read_commit_log` is
+the one reader of this protocol: detect's resume, its final counts and ``detbatch evaluate`` all use it,
+and it reads only file *names*.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from detbatch import storage
+from detbatch.detect.lease import LeaseLost, superseded
+from detbatch.faults import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +69,44 @@ SUMMARY_SCHEMA = pa.schema(
     [("unit", pa.int64()), ("images_ok", pa.int64()), ("images_error", pa.int64()), ("detections", pa.int64())]
 )
 
-_PART = re.compile(r"^(\d{8})-(\d{7,})-(\d{7,})(-last)?\.parquet$")
+DETBATCH_DIR = "_detbatch"
+TABLES = ("detections", "images")
+_PART = re.compile(r"^(\d{8})-(\d{7,})-(\d{7,})(-last)?(?:\.g(\d{6,}))?\.parquet$")
 
 
-def part_name(unit: int, start: int, stop: int, last: bool) -> str:
-    return f"{unit:08d}-{start:07d}-{stop:07d}{'-last' if last else ''}.parquet"
+@dataclass(frozen=True)
+class Part:
+    """One file pair: the images ``[start, stop)`` of ``unit``, written by lease ``generation``."""
+
+    unit: int
+    start: int
+    stop: int
+    last: bool
+    generation: int
+    name: str
+
+
+def part_name(unit: int, start: int, stop: int, last: bool, generation: int = 0) -> str:
+    tag = f".g{generation:06d}" if generation else ""
+    return f"{unit:08d}-{start:07d}-{stop:07d}{'-last' if last else ''}{tag}.parquet"
+
+
+def parse_part(name: str) -> Part | None:
+    """The :class:`Part` a file name stands for, or None if it is not a part's name."""
+    m = _PART.match(name)
+    if m is None:
+        return None
+    return Part(int(m[1]), int(m[2]), int(m[3]), bool(m[4]), int(m[5] or 0), name)
+
+
+def is_temporary(name: str) -> bool:
+    """A local write's hidden temporary (:func:`detbatch.storage.write_bytes`), left by a crash mid-write."""
+    return name.startswith(".") and ".tmp-" in name
+
+
+def is_part_file(name: str) -> bool:
+    """Whether a file under images/ or detections/ is detbatch's own (a part or a temporary)."""
+    return parse_part(name) is not None or is_temporary(name)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -120,8 +161,10 @@ def image_rows(scored: pa.Table) -> pa.Table:
     )
 
 
-def write_parts(scored: pa.Table, output: str) -> pa.Table:
-    """Sink for one batch of scored rows: write its file pairs, return per-unit counts."""
+def write_parts(scored: pa.Table, output: str, generation: int = 0) -> pa.Table:
+    """Sink for one batch of scored rows: write its file pairs as lease ``generation``, return per-unit
+    counts. Before each commit it checks that no newer run took the lease (:class:`LeaseLost` if one did),
+    so a fenced-off writer stops at its next part."""
     scored = scored.sort_by([("unit", "ascending"), ("index", "ascending")])
     units = scored["unit"].to_numpy()
     indices = scored["index"].to_numpy()
@@ -129,11 +172,15 @@ def write_parts(scored: pa.Table, output: str) -> pa.Table:
     summary = defaultdict(lambda: [0, 0, 0])
     for unit, begin, end in _contiguous_runs(units, indices):
         part = scored.slice(begin, end - begin)
-        name = part_name(unit, int(indices[begin]), int(indices[end - 1]) + 1, bool(last[end - 1]))
+        name = part_name(unit, int(indices[begin]), int(indices[end - 1]) + 1, bool(last[end - 1]), generation)
         detections = explode_detections(part)
         images = image_rows(part)
+        if generation and superseded(output, generation):
+            raise LeaseLost(f"{output}: a newer run took this output's lease; generation {generation} stops writing")
         storage.write_bytes(storage.join(output, "detections", name), _parquet_bytes(detections))
+        failpoint("sink.between_detections_and_images")
         storage.write_bytes(storage.join(output, "images", name), _parquet_bytes(images))  # the commit
+        failpoint("sink.after_commit")
         ok = int(pc.sum(pc.equal(images["status"], "ok")).as_py() or 0)
         counts = summary[unit]
         counts[0] += ok
@@ -152,14 +199,16 @@ def write_parts(scored: pa.Table, output: str) -> pa.Table:
 
 @dataclass
 class CommitLog:
-    """What an output already holds, read from its file names."""
+    """What an output holds, read from its file names (see the module docstring)."""
 
+    parts: list[Part] = field(default_factory=list)
+    """The committed parts that count, sorted by (unit, start): no two overlap."""
     ranges: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     """unit -> committed half-open index ranges, sorted."""
     finished: set[int] = field(default_factory=set)
     """Units whose every image is committed."""
     debris: list[str] = field(default_factory=list)
-    """Files to delete before resuming: detections without their commit, overlapping parts."""
+    """URIs of files that do not count: half pairs, overlapped parts, crash temporaries."""
 
     def skip(self, unit: int) -> list[tuple[int, int]]:
         return self.ranges.get(unit, [])
@@ -168,49 +217,45 @@ class CommitLog:
     def committed_images(self) -> int:
         return sum(b - a for rs in self.ranges.values() for a, b in rs)
 
+    def files(self, output: str, table: str) -> list[str]:
+        """URIs of ``table``'s (``images`` or ``detections``) files that count, in part order."""
+        return [storage.join(output, table, p.name) for p in self.parts]
 
-def _list_names(uri: str) -> list[str]:
-    fs, path = storage.resolve(uri)
-    try:
-        return [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.exists(path) else []
-    except FileNotFoundError:
-        return []
+
+def _resolve_overlaps(parts: list[Part]) -> tuple[list[Part], list[Part]]:
+    """(kept, overlapped): the newest generation wins, then the earliest start; kept never overlap."""
+    kept: list[Part] = []
+    overlapped: list[Part] = []
+    for part in sorted(parts, key=lambda p: (-p.generation, p.start, p.stop)):
+        if any(part.start < k.stop and k.start < part.stop for k in kept):
+            overlapped.append(part)
+        else:
+            kept.append(part)
+    return sorted(kept, key=lambda p: p.start), overlapped
 
 
 def read_commit_log(output: str) -> CommitLog:
+    """The commit log of ``output`` from the listings of images/ and detections/ alone."""
     log = CommitLog()
-    images_dir, detections_dir = storage.join(output, "images"), storage.join(output, "detections")
-    committed = set(_list_names(images_dir))
-    parts: dict[int, list[tuple[int, int, bool, str]]] = defaultdict(list)
-    for name in committed:
-        m = _PART.match(name)
-        if m:
-            parts[int(m[1])].append((int(m[2]), int(m[3]), bool(m[4]), name))
-    for name in _list_names(detections_dir):
-        if _PART.match(name) and name not in committed:
-            log.debris.append(storage.join(detections_dir, name))
-    for unit, unit_parts in parts.items():
-        unit_parts.sort()
-        kept: list[tuple[int, int, bool, str]] = []
-        for part in unit_parts:
-            if kept and part[0] < kept[-1][1]:
-                # Two runs wrote overlapping parts (not produced by detbatch itself, but never let
-                # it double-count): drop the later one and recompute its range.
-                logger.warning("overlapping parts %s and %s in unit %d; recomputing", kept[-1][3], part[3], unit)
-                log.debris += [storage.join(images_dir, part[3]), storage.join(detections_dir, part[3])]
-                continue
-            kept.append(part)
-        log.ranges[unit] = [(a, b) for a, b, _, _ in kept]
-        covered = sum(b - a for a, b, _, _ in kept)
-        if kept and kept[-1][2] and covered == kept[-1][1]:
+    listed = {table: storage.list_names(storage.join(output, table), hidden=True) for table in TABLES}
+    for table, names in listed.items():
+        log.debris += [storage.join(output, table, n) for n in names if is_temporary(n)]
+    parsed = {table: {p.name: p for p in map(parse_part, names) if p is not None} for table, names in listed.items()}
+    pairs = parsed["images"].keys() & parsed["detections"].keys()
+    for table, found in parsed.items():
+        log.debris += [storage.join(output, table, n) for n in sorted(found.keys() - pairs)]
+    by_unit: dict[int, list[Part]] = defaultdict(list)
+    for name in pairs:
+        part = parsed["images"][name]
+        by_unit[part.unit].append(part)
+    for unit in sorted(by_unit):
+        kept, overlapped = _resolve_overlaps(by_unit[unit])
+        for part in overlapped:
+            logger.warning("%s: part %s overlaps a newer or earlier one of unit %d; it does not count", output,
+                           part.name, unit)
+            log.debris += [storage.join(output, table, part.name) for table in TABLES]
+        log.parts += kept
+        log.ranges[unit] = [(p.start, p.stop) for p in kept]
+        if kept and kept[-1].last and sum(p.stop - p.start for p in kept) == kept[-1].stop:
             log.finished.add(unit)
     return log
-
-
-def remove(uris: list[str]) -> None:
-    for uri in uris:
-        fs, path = storage.resolve(uri)
-        try:
-            fs.rm(path)
-        except FileNotFoundError:
-            pass

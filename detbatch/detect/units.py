@@ -40,19 +40,36 @@ class InputListing:
     """The URI that file names are relative to (the folder/prefix, or a glob's fixed part)."""
     uris: tuple[str, ...]
     """Every input file (images or shards), sorted."""
+    versions: tuple[str, ...] = ()
+    """Per file, what changes when its bytes change: ``size:ETag`` on object stores, ``size:mtime`` locally."""
 
     @property
     def digest(self) -> str:
-        """Fingerprint of the listing: a rerun on a changed input is refused rather than mixed."""
-        h = hashlib.sha256()
-        for u in self.uris:
-            h.update(u.encode())
-            h.update(b"\0")
-        return h.hexdigest()
+        """Fingerprint of the file names: a rerun on another set of files is refused rather than mixed."""
+        return _digest(self.uris)
+
+    @property
+    def content_digest(self) -> str:
+        """Fingerprint of names and versions: a file replaced under the same name changes it too."""
+        return _digest(f"{u}\0{v}" for u, v in zip(self.uris, self.versions, strict=True))
 
     def relative_name(self, uri: str) -> str:
         """``uri``'s name below the listing's root, as a manifest's ``file_name`` gives it."""
         return relative_name(uri, self.root)
+
+
+def _digest(items: Any) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        h.update(item.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def file_version(info: dict[str, Any]) -> str:
+    """``size:ETag`` (S3, GCS) or ``size:mtime`` (local) from an fsspec ``info`` dict."""
+    tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size')}:{str(tag).strip(chr(34))}"
 
 
 def _extension(path: str) -> str:
@@ -64,19 +81,20 @@ def list_input(uri: str, format: str = "auto") -> InputListing:
     fs, path = storage.resolve(uri)
     try:
         if any(c in path for c in "*?["):
-            paths = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            infos = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
             fixed = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
             root_path = fixed if fixed.endswith("/") else posixpath.dirname(fixed)
         elif fs.isfile(path):
-            paths, root_path = [path], posixpath.dirname(path)
+            infos, root_path = {path: fs.info(path)}, posixpath.dirname(path)
         elif fs.isdir(path):
-            paths, root_path = sorted(fs.find(path)), path
+            infos, root_path = fs.find(path, detail=True), path
         else:
             raise InputError(f"{uri}: no such file, folder or prefix (check the URI and your credentials)")
     except InputError:
         raise
     except Exception as e:  # network and permission errors of every fsspec backend
         raise storage.StorageError(storage.describe_error(uri, e)) from e
+    paths = sorted(infos)
 
     by_kind = {
         "images": [p for p in paths if _extension(p) in IMAGE_EXTENSIONS],
@@ -103,7 +121,8 @@ def list_input(uri: str, format: str = "auto") -> InputListing:
     if ignored:
         logger.info("%s: ignoring %d files that are not %s", uri, ignored, format)
     root = storage.to_uri(fs, root_path.rstrip("/"))
-    return InputListing(kind=format, root=root, uris=tuple(storage.to_uri(fs, p) for p in chosen))
+    return InputListing(kind=format, root=root, uris=tuple(storage.to_uri(fs, p) for p in chosen),
+                        versions=tuple(file_version(infos[p]) for p in chosen))
 
 
 def load_manifest(uri: str) -> dict[str, int]:

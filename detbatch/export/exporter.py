@@ -23,7 +23,8 @@ refuse a batch with "Invalid rank for input: image".
 
 Category names: ``labels`` index the list in ``OUT.categories.json`` (``null`` for background and gaps,
 else ``{"id", "name"}``), also embedded: the TorchScript extra file ``categories.json``
-(``torch.jit.load(path, _extra_files={"categories.json": ""})``) and the ONNX metadata property
+(``torch.jit.load(path, _extra_files={"categories.json": ""})``, after ``import torchvision``, which
+registers the ``torchvision::nms`` op the file calls) and the ONNX metadata property
 ``detbatch.categories``.
 
 Parity: the exported file, loaded back (``torch.jit.load`` / onnxruntime), runs on check images next to
@@ -111,13 +112,13 @@ class ExportResult:
         ]
 
 
-Detections = dict[str, np.ndarray]
+ImageDetections = dict[str, np.ndarray]
 """``boxes`` float32 [N, 4] xyxy pixels, ``labels`` int64 [N], ``scores`` float32 [N]."""
 
 
 def compare_detections(
-    reference: list[Detections],
-    exported: list[Detections],
+    reference: list[ImageDetections],
+    exported: list[ImageDetections],
     image_sizes: list[tuple[int, int]],
     tolerance: float = PARITY_TOLERANCE,
     score_threshold: float = 0.0,
@@ -175,8 +176,8 @@ def _at_cutoff(scores: np.ndarray, i: int, tolerance: float, threshold: float, t
     return top_k is not None and len(scores) >= top_k and scores[i] <= scores.min() + tolerance
 
 
-def _unpaired_message(name: str, side: str, dets: Detections, i: int, other: Detections, tolerance: float) -> str:
-    def show(d: Detections, j: int) -> str:
+def _unpaired_message(name: str, side: str, dets: ImageDetections, i: int, other: ImageDetections, tolerance: float) -> str:
+    def show(d: ImageDetections, j: int) -> str:
         return f"label {int(d['labels'][j])}, score {float(d['scores'][j]):.5f}, box {np.round(d['boxes'][j], 2).tolist()}"
 
     same = np.flatnonzero(other["labels"] == dets["labels"][i])
@@ -210,9 +211,8 @@ def export_model(
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     if model is None:
-        if not models.is_checkpoint_uri(weights):
-            raise ConfigError(f"--weights {weights!r} is not a checkpoint: give --model to say which detector it is for")
-        model = models.load_checkpoint(weights)["model"]["name"]  # read again by build_detector: simple beats fast here
+        spec = models.parse_weights(None, weights)  # a checkpoint, which names its own model, or an error
+        model = models.load_checkpoint(spec.weights)["model"]["name"]  # read again by build_detector: simple beats fast here
     models.check_weights(model, weights)
     loaded = models.build_detector(model, weights, score_threshold, detections_per_image)
     if check_images:
@@ -255,12 +255,13 @@ def export_model(
 
 
 def _read_image(uri: str) -> np.ndarray:
-    from detbatch.detect.decode import decode_image
+    from detbatch.detect.decode import decode_sample
+    from detbatch.detect.read import read_file
 
-    try:
-        pixels, error = decode_image(storage.read_bytes(uri))
-    except FileNotFoundError:
-        raise InputError(f"check image {uri} not found (check --check-images)") from None
+    data, error = read_file(uri)
+    if data is None and error is not None and error.startswith("file not found"):
+        raise InputError(f"check image {uri} not found (check --check-images)")
+    pixels, error = decode_sample(data, error)
     if error is not None:
         raise InputError(f"check image {uri}: {error}")
     return pixels
@@ -279,11 +280,11 @@ def _to_tensor(pixels: np.ndarray) -> "torch.Tensor":
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255)
 
 
-def _as_numpy(d: dict[str, Any]) -> Detections:
+def _as_numpy(d: dict[str, Any]) -> ImageDetections:
     return {k: d[k].detach().cpu().numpy() for k in ("boxes", "labels", "scores")}
 
 
-def _predict_eager(model: "torch.nn.Module", tensors: list["torch.Tensor"], batched: bool) -> list[Detections]:
+def _predict_eager(model: "torch.nn.Module", tensors: list["torch.Tensor"], batched: bool) -> list[ImageDetections]:
     import torch
 
     with torch.inference_mode():
@@ -308,7 +309,7 @@ def _write_torchscript(model: "torch.nn.Module", path: str, categories: list[Any
     torch.jit.save(scripted, path, _extra_files=extra)
 
 
-def _run_torchscript(path: str, tensors: list["torch.Tensor"]) -> list[Detections]:
+def _run_torchscript(path: str, tensors: list["torch.Tensor"]) -> list[ImageDetections]:
     import warnings
 
     import torch
@@ -352,7 +353,7 @@ def _write_onnx(
     onnx.save(proto, path)
 
 
-def _run_onnx(path: str, tensors: list["torch.Tensor"]) -> list[Detections]:
+def _run_onnx(path: str, tensors: list["torch.Tensor"]) -> list[ImageDetections]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

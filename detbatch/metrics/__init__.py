@@ -1,7 +1,18 @@
 """Detection metrics as pure numpy: COCO mAP equal to pycocotools, Pascal VOC AP.
 
 The maths takes arrays and returns arrays; ``detbatch.evaluate`` moves batches through Ray around it, and
-training validation calls it directly.
+training validation calls it directly. The modules, in the order an evaluation runs::
+
+    coco_json    a COCO instances file -> GroundTruth columns
+    pairing      run images <-> ground-truth file names
+    columns      GroundTruth and Detections in, MatchRecords out of the map
+    boxes        box conversion and IoU, as pycocotools
+    order        the tie orders of the map and of the reduce
+    grouping     what both metrics share: detections by (image, category), records by category
+    coco         the map, as COCOeval.evaluateImg: match_images
+    coco_reduce  the reduce, as COCOeval.accumulate/summarize: CocoResult
+    voc          Pascal VOC AP, map and reduce
+    report       summary lines, report.md, precision/recall curves
 """
 
 from detbatch.metrics.coco import (

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from detbatch.errors import InputError
-from detbatch.metrics.coco import GroundTruth
+from detbatch.metrics.columns import GroundTruth
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ def read_coco_json(data: bytes) -> CocoDataset:
     """Parse a COCO instances document (raises :class:`NotCocoError` if it is not one)."""
     if len(data) <= _MAX_ARROW_BYTES:
         try:
-            return _read_arrow(data)
+            return read_with_arrow(data)
         except NotCocoError:
             raise
         except Exception as e:  # pyarrow raises ArrowInvalid / ArrowTypeError for non-standard documents
             logger.info("pyarrow could not read the ground truth (%s); using json", e)
-    return _read_json(data)
+    return read_with_json(data)
 
 
 def _schema() -> Any:
@@ -70,7 +70,9 @@ def _schema() -> Any:
     ])  # fmt: skip
 
 
-def _read_arrow(data: bytes) -> CocoDataset:
+def read_with_arrow(data: bytes) -> CocoDataset:
+    """:func:`read_coco_json` with pyarrow's JSON reader only (raises pyarrow's errors for documents it
+    cannot read; at most ``2**31 - 2`` bytes)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.json as pj
@@ -107,7 +109,9 @@ def _read_arrow(data: bytes) -> CocoDataset:
     )
 
 
-def _read_json(data: bytes) -> CocoDataset:
+def read_with_json(data: bytes) -> CocoDataset:
+    """:func:`read_coco_json` with ``json.loads`` and :meth:`GroundTruth.from_coco`: any size, any JSON
+    types, a Python object per annotation."""
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -127,7 +131,11 @@ def _read_json(data: bytes) -> CocoDataset:
     )
 
 
-def _dataset(*, image_ids, file_names, category_ids, category_names, image_id, category_id, boxes, area, iscrowd, difficult) -> CocoDataset:
+def _dataset(
+    *, image_ids: np.ndarray, file_names: list[str], category_ids: np.ndarray, category_names: list[str],
+    image_id: np.ndarray, category_id: np.ndarray, boxes: np.ndarray, area: np.ndarray, iscrowd: np.ndarray,
+    difficult: np.ndarray,
+) -> CocoDataset:  # fmt: skip
     """Drop annotations of unlisted images or categories, as ``GroundTruth.from_coco`` does."""
     image_ids = np.asarray(image_ids, dtype=np.int64)
     category_ids = np.asarray(category_ids, dtype=np.int64)

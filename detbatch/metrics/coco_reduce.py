@@ -16,7 +16,7 @@ the same as over the full list.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,21 +27,38 @@ from detbatch.metrics.coco import (
     NUM_AREAS,
     NUM_THRESHOLDS,
     RECALL_THRESHOLDS,
-    GroundTruth,
-    Detections,
-    MatchRecords,
     count_ground_truth,
     match_images,
 )
-from detbatch.metrics.order import record_order
+from detbatch.metrics.columns import Detections, GroundTruth, MatchRecords
+from detbatch.metrics.grouping import accumulate_by_category, every_category, mean_valid
+from detbatch.metrics.order import accumulation_order
+
+
+class StatSpec(NamedTuple):
+    """What one of the 12 ``COCOeval.stats`` averages.
+
+    Attributes:
+        average_precision: precision (AP) if true, else recall (AR).
+        iou: the one IoU threshold, or None for the mean over ``IOU_THRESHOLDS``.
+        area: the area range, one of ``AREA_LABELS``.
+        max_detections: maxDets, one of ``MAX_DETECTIONS``.
+    """
+
+    average_precision: bool
+    iou: float | None
+    area: str
+    max_detections: int
+
 
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-# (average precision?, IoU threshold or None for all, area label, maxDets): pycocotools' _summarizeDets.
-_STAT_SPECS = (
-    (True, None, "all", 100), (True, 0.5, "all", 100), (True, 0.75, "all", 100),
-    (True, None, "small", 100), (True, None, "medium", 100), (True, None, "large", 100),
-    (False, None, "all", 1), (False, None, "all", 10), (False, None, "all", 100),
-    (False, None, "small", 100), (False, None, "medium", 100), (False, None, "large", 100),
+# pycocotools' _summarizeDets, in its order (that of STAT_KEYS): summarize() and the summary lines of
+# the report both read it.
+STAT_SPECS = (
+    StatSpec(True, None, "all", 100), StatSpec(True, 0.5, "all", 100), StatSpec(True, 0.75, "all", 100),
+    StatSpec(True, None, "small", 100), StatSpec(True, None, "medium", 100), StatSpec(True, None, "large", 100),
+    StatSpec(False, None, "all", 1), StatSpec(False, None, "all", 10), StatSpec(False, None, "all", 100),
+    StatSpec(False, None, "small", 100), StatSpec(False, None, "medium", 100), StatSpec(False, None, "large", 100),
 )  # fmt: skip
 _EPS = np.spacing(1)  # pycocotools' tp / (fp + tp + np.spacing(1))
 
@@ -59,9 +76,7 @@ def accumulate_category(records: MatchRecords, num_gt: np.ndarray) -> tuple[np.n
     t_n, r_n, a_n, m_n = NUM_THRESHOLDS, len(RECALL_THRESHOLDS), NUM_AREAS, len(MAX_DETECTIONS)
     precision = -np.ones((t_n, r_n, a_n, m_n))
     recall = -np.ones((t_n, a_n, m_n))
-    # Only ranks below the largest maxDets count; dropping the rest first keeps the sort key small.
-    kept = np.flatnonzero(records.rank < MAX_DETECTIONS[-1])
-    order = kept[record_order(records.score[kept], records.image_id[kept], records.rank[kept])]
+    order = accumulation_order(records, max_rank=MAX_DETECTIONS[-1])  # only ranks below maxDets count
     rank = records.rank[order]
     all_thresholds = np.uint16((1 << t_n) - 1)
     for m, max_det in enumerate(MAX_DETECTIONS):
@@ -133,34 +148,28 @@ class CocoResult:
             p = self.precision[:, :, k, all_area, m100]
             out.append({
                 "category_id": int(cat),
-                "AP": _mean_valid(p),
-                "AP50": _mean_valid(p[t50]),
-                "AP75": _mean_valid(p[t75]),
-                "AR100": _mean_valid(self.recall[:, k, all_area, m100]),
+                "AP": mean_valid(p),
+                "AP50": mean_valid(p[t50]),
+                "AP75": mean_valid(p[t75]),
+                "AR100": mean_valid(self.recall[:, k, all_area, m100]),
                 "num_gt": int(self.num_gt[k]),
                 "num_detections": int(self.num_detections[k]),
             })  # fmt: skip
         return out
 
 
-def _mean_valid(s: np.ndarray) -> float:
-    """pycocotools' ``np.mean(s[s > -1])``, -1 when nothing is valid."""
-    valid = s[s > -1]
-    return float(np.mean(valid)) if len(valid) else -1.0
-
-
 def summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     """The 12 ``COCOeval.stats`` from precision [T, R, K, A, M] and recall [T, K, A, M], indexed the same
     way pycocotools indexes them so that the means add up in the same order."""
-    stats = np.zeros(len(_STAT_SPECS))
-    for i, (ap, iou, area, max_det) in enumerate(_STAT_SPECS):
+    stats = np.zeros(len(STAT_SPECS))
+    for i, (ap, iou, area, max_det) in enumerate(STAT_SPECS):
         aind = [AREA_LABELS.index(area)]
         mind = [MAX_DETECTIONS.index(max_det)]
         s = precision if ap else recall
         if iou is not None:
             s = s[np.where(iou == IOU_THRESHOLDS)[0]]
         s = s[:, :, :, aind, mind] if ap else s[:, :, aind, mind]
-        stats[i] = _mean_valid(s)
+        stats[i] = mean_valid(s)
     return stats
 
 
@@ -182,12 +191,8 @@ def combine(
     precision = -np.ones((t_n, r_n, k_n, a_n, m_n))
     recall = -np.ones((t_n, k_n, a_n, m_n))
     num_detections = np.zeros(k_n, dtype=np.int64)
-    empty = MatchRecords.empty()
-    for k, cat in enumerate(category_ids):
-        if int(cat) in parts:
-            p, r, nd = parts[int(cat)]
-        else:
-            (p, r), nd = accumulate_category(empty, gt_counts[k]), 0
+    rows = every_category(category_ids, gt_counts, parts, accumulate_category)
+    for k, (p, r, nd) in enumerate(rows):
         precision[:, :, k], recall[:, k], num_detections[k] = p, r, nd
     return CocoResult(
         precision=precision,
@@ -207,14 +212,7 @@ def reduce(records: MatchRecords, category_ids: np.ndarray, gt_counts: np.ndarra
         category_ids: int64 [K], the evaluated categories (``GroundTruth.category_ids``).
         gt_counts: int64 [K, A], :func:`count_ground_truth` of the whole ground truth.
     """
-    k_of = np.searchsorted(category_ids, records.category_id)
-    order = np.argsort(k_of, kind="stable")
-    bounds = np.searchsorted(k_of[order], np.arange(len(category_ids) + 1))
-    parts = {}
-    for k, cat in enumerate(category_ids):
-        rows = order[bounds[k] : bounds[k + 1]]
-        if len(rows):
-            parts[int(cat)] = (*accumulate_category(records.take(rows), gt_counts[k]), len(rows))
+    parts = accumulate_by_category(records, category_ids, gt_counts, accumulate_category)
     return combine(category_ids, gt_counts, parts)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from detbatch.metrics.columns import MatchRecords
+
 
 def descending_key(score: np.ndarray) -> np.ndarray:
     """An integer key whose ascending order is descending ``score`` (float32 -> uint32), with
@@ -63,3 +65,13 @@ def record_order(score: np.ndarray, image_id: np.ndarray, rank: np.ndarray) -> n
     else:
         order = np.lexsort((rank, image_id))
     return order[np.argsort(descending_key(score)[order], kind="stable")]
+
+
+def accumulation_order(records: MatchRecords, max_rank: int | None = None) -> np.ndarray:
+    """Indices of ``records`` in :func:`record_order`, the order both reduces sweep a category in;
+    records of ``rank >= max_rank`` left out (COCO: beyond the largest maxDets)."""
+    if max_rank is None:
+        return record_order(records.score, records.image_id, records.rank)
+    # Dropping the rows first keeps the sort key small.
+    kept = np.flatnonzero(records.rank < max_rank)
+    return kept[record_order(records.score[kept], records.image_id[kept], records.rank[kept])]

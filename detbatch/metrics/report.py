@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from detbatch.metrics.coco import RECALL_THRESHOLDS
-from detbatch.metrics.coco_reduce import _STAT_SPECS, STAT_KEYS
+from detbatch.metrics.coco_reduce import STAT_KEYS, STAT_SPECS
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
@@ -19,7 +19,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
             " Pascal VOC mean AP  @[ IoU>0.50 | 11-point  ] = {:0.3f}".format(metrics["mAP_11point"]),
         ]
     lines = []
-    for key, (ap, iou, area, max_det) in zip(STAT_KEYS, _STAT_SPECS):
+    for key, (ap, iou, area, max_det) in zip(STAT_KEYS, STAT_SPECS):
         title, kind = ("Average Precision", "(AP)") if ap else ("Average Recall", "(AR)")
         iou_str = "0.50:0.95" if iou is None else f"{iou:0.2f}"
         lines.append(
@@ -46,6 +46,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         "",
         f"- detections: `{inputs.get('detections', '?')}`",
         f"- ground truth: `{inputs.get('ground_truth', '?')}`",
+        *([] if metrics.get("complete", True) else
+          ["", "**The detect run is not finished** (no `run.json`): these numbers cover only what it had committed."]),
         "",
         "```",
         *summary_lines(metrics),

@@ -26,15 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from detbatch.metrics.coco import (
-    RECALL_THRESHOLDS,
-    Detections,
-    GroundTruth,
-    MatchRecords,
-    evaluated_detections,
-    ragged_arange,
+from detbatch.metrics.coco import RECALL_THRESHOLDS
+from detbatch.metrics.columns import Detections, GroundTruth, MatchRecords, evaluated_detections
+from detbatch.metrics.grouping import (
+    accumulate_by_category,
+    count_per_category,
+    every_category,
+    mean_valid,
+    pair_detections,
 )
-from detbatch.metrics.order import detection_order, record_order
+from detbatch.metrics.order import accumulation_order
 
 VOC_IOU_THRESHOLD = 0.5  # strict: a match needs IoU > 0.5
 _ELEVEN_POINTS = np.arange(0.0, 1.1, 0.1)  # the devkit's own points, 0.30000000000000004 included
@@ -57,32 +58,19 @@ def voc_iou(dt: np.ndarray, gt: np.ndarray, plus_one: bool = False) -> np.ndarra
 def match_images_voc(gt: GroundTruth, dt: Detections, plus_one: bool = False) -> MatchRecords:
     """Per-image VOC matching; records as :class:`MatchRecords` with bit 0 of ``tp`` / ``ignored``.
 
-    A ground truth is difficult where ``gt.difficult`` or ``gt.iscrowd``. ``rank`` is the position in the tie order within
-    the image and class (VOC has no per-image cap).
+    A ground truth is difficult where ``gt.difficult`` or ``gt.iscrowd``. ``rank`` is the position in the
+    tie order within the image and class (VOC has no per-image cap).
     """
     dt, _ = evaluated_detections(gt, dt)
     n = len(dt)
     if n == 0:
         return MatchRecords.empty()
-    k = len(gt.category_ids)
-    key = np.searchsorted(gt.image_ids, dt.image_id) * k + np.searchsorted(gt.category_ids, dt.category_id)
-    order = detection_order(key, dt.score, dt.boxes)
-    key, dt = key[order], dt.take(order)
-    new_pair = np.ones(n, dtype=bool)
-    new_pair[1:] = key[1:] != key[:-1]
-    pair_start = np.flatnonzero(new_pair)
-    rank = np.arange(n) - np.repeat(pair_start, np.diff(np.append(pair_start, n)))
-
-    gt_key = np.searchsorted(gt.image_ids, gt.image_id) * k + np.searchsorted(gt.category_ids, gt.category_id)
-    gt_order = np.argsort(gt_key, kind="stable")
-    gt_key = gt_key[gt_order]
-    lo = np.searchsorted(gt_key, key, side="left")
-    n_gt = np.searchsorted(gt_key, key, side="right") - lo
-    edge_det = np.repeat(np.arange(n), n_gt)
-    edge_gt = gt_order[lo[edge_det] + ragged_arange(n_gt)]
+    pairs = pair_detections(gt, dt)
+    edges = pairs.edges()
+    edge_det, edge_gt = edges.det, edges.gt
     gt_xyxy = gt.boxes.copy()
     gt_xyxy[:, 2:] += gt_xyxy[:, :2]
-    dt_xyxy = np.asarray(dt.boxes, dtype=np.float64)
+    dt_xyxy = np.asarray(pairs.dt.boxes, dtype=np.float64)
     iou = voc_iou(dt_xyxy[edge_det], gt_xyxy[edge_gt], plus_one)
 
     # Best ground truth per detection: the highest IoU, the first of equal ones (np.argmax).
@@ -104,22 +92,12 @@ def match_images_voc(gt: GroundTruth, dt: Detections, plus_one: bool = False) ->
     tp = np.zeros(n, dtype=bool)
     tp[claims[first_claim]] = True
     ignored = hit & difficult
-    return MatchRecords(
-        category_id=dt.category_id,
-        image_id=dt.image_id,
-        rank=rank.astype(np.int32),
-        score=dt.score,
-        tp=tp.astype(np.uint64),
-        ignored=ignored.astype(np.uint64),
-    )
+    return pairs.records(tp=tp.astype(np.uint64), ignored=ignored.astype(np.uint64))
 
 
 def count_ground_truth_voc(gt: GroundTruth) -> np.ndarray:
     """int64 [K, 1]: non-difficult (and not crowd) ground truth per category (``gt.category_ids``)."""
-    out = np.zeros((len(gt.category_ids), 1), dtype=np.int64)
-    counted = ~(gt.difficult | gt.iscrowd)
-    np.add.at(out[:, 0], np.searchsorted(gt.category_ids, gt.category_id), counted.astype(np.int64))
-    return out
+    return count_per_category(gt, ~(gt.difficult | gt.iscrowd)[:, None])
 
 
 def average_precision(tp: np.ndarray, fp: np.ndarray, num_gt: int) -> tuple[float, float, np.ndarray]:
@@ -155,7 +133,7 @@ def accumulate_category_voc(records: MatchRecords, num_gt: np.ndarray) -> tuple[
     npos = int(num_gt[0])
     if npos == 0:
         return -1.0, -1.0, -np.ones(len(RECALL_THRESHOLDS))
-    order = record_order(records.score, records.image_id, records.rank)
+    order = accumulation_order(records)
     tp = records.tp[order].astype(bool)
     fp = ~tp & ~records.ignored[order].astype(bool)
     return average_precision(tp, fp, npos)
@@ -181,13 +159,11 @@ class VocResult:
 
     @property
     def mean_ap(self) -> float:
-        valid = self.ap[self.ap > -1]
-        return float(np.mean(valid)) if len(valid) else -1.0
+        return mean_valid(self.ap)
 
     @property
     def mean_ap11(self) -> float:
-        valid = self.ap11[self.ap11 > -1]
-        return float(np.mean(valid)) if len(valid) else -1.0
+        return mean_valid(self.ap11)
 
     def per_category(self) -> list[dict[str, Any]]:
         return [
@@ -202,29 +178,30 @@ class VocResult:
 def combine_voc(
     category_ids: np.ndarray, gt_counts: np.ndarray, parts: dict[int, tuple[Any, ...]]
 ) -> VocResult:
-    """Assemble per-category reductions (``(ap, ap11, curve, num_detections)`` by category id)."""
+    """Assemble per-category reductions into a :class:`VocResult`.
+
+    Args:
+        category_ids: int64 [K], the evaluated categories.
+        gt_counts: int64 [K, 1], :func:`count_ground_truth_voc`.
+        parts: category id -> (AP, 11-point AP, precision [R], number of detections), from
+            :func:`accumulate_category_voc`; a category absent here had no detections.
+    """
     k_n = len(category_ids)
     ap, ap11 = np.empty(k_n), np.empty(k_n)
     precision = np.empty((len(RECALL_THRESHOLDS), k_n))
     num_detections = np.zeros(k_n, dtype=np.int64)
-    for k, cat in enumerate(category_ids):
-        if int(cat) in parts:
-            ap[k], ap11[k], precision[:, k], num_detections[k] = parts[int(cat)]
-        else:
-            ap[k], ap11[k], precision[:, k] = accumulate_category_voc(MatchRecords.empty(), gt_counts[k])
-    return VocResult(np.asarray(category_ids, dtype=np.int64), ap, ap11, precision, gt_counts[:, 0].copy(), num_detections)
+    rows = every_category(category_ids, gt_counts, parts, accumulate_category_voc)
+    for k, (ap_k, ap11_k, curve, nd) in enumerate(rows):
+        ap[k], ap11[k], precision[:, k], num_detections[k] = ap_k, ap11_k, curve, nd
+    return VocResult(
+        np.asarray(category_ids, dtype=np.int64), ap, ap11, precision, gt_counts[:, 0].copy(), num_detections
+    )
 
 
 def reduce_voc(records: MatchRecords, category_ids: np.ndarray, gt_counts: np.ndarray) -> VocResult:
-    """Reduce the VOC records of every image in this process."""
-    k_of = np.searchsorted(category_ids, records.category_id)
-    order = np.argsort(k_of, kind="stable")
-    bounds = np.searchsorted(k_of[order], np.arange(len(category_ids) + 1))
-    parts = {}
-    for k, cat in enumerate(category_ids):
-        rows = order[bounds[k] : bounds[k + 1]]
-        if len(rows):
-            parts[int(cat)] = (*accumulate_category_voc(records.take(rows), gt_counts[k]), len(rows))
+    """Reduce the VOC records of every image in this process (:func:`match_images_voc`, any order;
+    ``gt_counts`` from :func:`count_ground_truth_voc` of the whole ground truth)."""
+    parts = accumulate_by_category(records, category_ids, gt_counts, accumulate_category_voc)
     return combine_voc(category_ids, gt_counts, parts)
 
 

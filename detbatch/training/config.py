@@ -39,8 +39,8 @@ class DataConfig(Section):
     shuffle_buffer: int = Field(256, ge=0)
     """Rows each worker shuffles locally on top of the per-epoch block order (0: off)."""
     cache: bool = False
-    """Hold the encoded images in Ray's object store after the first read (small datasets: later epochs
-    do not read storage again). The pixels are decoded every epoch either way."""
+    """Hold the decoded rows in Ray's object store after the first epoch (small datasets: later epochs
+    skip storage and decoding)."""
     read_cpus: float = Field(0.5, gt=0)
     """CPUs Ray reserves per read task."""
 

@@ -5,7 +5,7 @@ Dataset whose read tasks fetch the image bytes, decode them and clean their boxe
 The training workers receive the decoded rows (``ray.train.get_dataset_shard``); augmentation and
 collation happen there (:mod:`detbatch.training.samples`).
 
-Rows of a decoded dataset (:data:`DECODED_SCHEMA`): ``image_id``, ``uri``, ``pixels`` (raw RGB, uint8
+Rows of a decoded dataset (:data:`TRAINING_SAMPLE_SCHEMA`): ``image_id``, ``uri``, ``pixels`` (raw RGB, uint8
 H x W x 3, row-major; empty when the image could not be read or decoded, ``error`` then says why),
 ``height``, ``width``, and the image's valid annotations as flat lists: ``bbox`` (COCO xywh, 4 per box),
 ``category_id``, ``area``, ``iscrowd``, with ``invalid_boxes`` counting the dropped ones.
@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from detbatch import storage
 from detbatch.config import ConfigError
-from detbatch.detect.decode import decode_image
+from detbatch.detect.decode import decode_sample
+from detbatch.detect.read import read_file, shard_samples
 from detbatch.training.samples import clean_annotations, is_validation, parse_annotations
 
 if TYPE_CHECKING:
@@ -38,21 +39,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DECODED_SCHEMA = pa.schema(
+# Rows of a training Dataset (see the module docstring).
+TRAINING_SAMPLE_SCHEMA = pa.schema(
     [
-        ("image_id", pa.int64()),
-        ("uri", pa.string()),
-        ("pixels", pa.large_binary()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("error", pa.string()),
-        ("bbox", pa.list_(pa.float64())),
-        ("category_id", pa.list_(pa.int64())),
-        ("area", pa.list_(pa.float64())),
-        ("iscrowd", pa.list_(pa.bool_())),
-        ("invalid_boxes", pa.int32()),
+        pa.field("image_id", pa.int64()),
+        pa.field("uri", pa.string()),
+        # The image: uint8 H x W x 3 RGB, row-major; b"" (and height = width = 0) when ``error`` says why.
+        pa.field("pixels", pa.large_binary()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("error", pa.string()),
+        # Its valid annotations, flat: bbox COCO xywh in the image's pixels, 4 per box.
+        pa.field("bbox", pa.list_(pa.float64())),
+        pa.field("category_id", pa.list_(pa.int64())),
+        pa.field("area", pa.list_(pa.float64())),
+        pa.field("iscrowd", pa.list_(pa.bool_())),
+        pa.field("invalid_boxes", pa.int32()),
     ]
 )
+# A sample before decoding: ``(uri, image_id (-1: none), encoded bytes, read error, annotations JSON)``.
+EncodedSample = tuple[str, int, bytes | None, str | None, str | None]
+
 # Image files per read task, and rows per block a shard reader yields: enough work per task that
 # scheduling costs little (a Ray task costs milliseconds; a small PNG decodes in a fraction of one),
 # small enough that a block of decoded photos stays in the tens of MB.
@@ -171,7 +178,7 @@ def _load_shards(shards: str, role: str) -> DataSource:
 def build_dataset(
     source: DataSource, split: Split, category_ids: list[int], seed: int, val_fraction: float, read_cpus: float
 ) -> "ray.data.Dataset":
-    """A Dataset of :data:`DECODED_SCHEMA` rows: the ``split`` of ``source`` (``all``: every image)."""
+    """A Dataset of :data:`TRAINING_SAMPLE_SCHEMA` rows: the ``split`` of ``source`` (``all``: every image)."""
     import ray.data
 
     kwargs = {"category_ids": list(category_ids), "split": split, "seed": seed, "val_fraction": val_fraction}
@@ -208,89 +215,57 @@ def _in_split(image_id: int, split: Split, seed: int, val_fraction: float) -> bo
 
 def read_image_files(batch: dict[str, np.ndarray], **kwargs: Any) -> pa.Table:
     """Read, decode and clean a batch of image items (``image_id``, ``uri``, ``annotations``)."""
-
-    def read(uri: str) -> tuple[bytes | None, str | None]:
-        try:
-            return storage.read_bytes(uri), None
-        except FileNotFoundError:
-            return None, "file not found"
-        except Exception as e:  # per-image failures are data
-            return None, f"read failed: {type(e).__name__}: {e}"
-
     uris = [str(u) for u in batch["uri"]]
     with ThreadPoolExecutor(min(_READ_THREADS, len(uris))) as pool:
-        reads = list(pool.map(read, uris))
+        reads = list(pool.map(read_file, uris))
     samples = [
-        (uri, int(image_id), data, error, annotations)
-        for uri, image_id, (data, error), annotations in zip(uris, batch["image_id"], reads, batch["annotations"])
+        (uri, int(image_id), data, error, annotations_json)
+        for uri, image_id, (data, error), annotations_json in zip(uris, batch["image_id"], reads, batch["annotations"])
     ]
-    return decoded_table(samples, kwargs["category_ids"])
+    return sample_table(samples, kwargs["category_ids"])
 
 
 def read_shards(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[pa.Table]:
     """Read, decode and clean the images of a batch of shards, in blocks of :data:`ROWS_PER_BLOCK`."""
     split, seed, fraction = kwargs["split"], kwargs["seed"], kwargs["val_fraction"]
-    pending: list[tuple[str, int, bytes | None, str | None, str | None]] = []
+    pending: list[EncodedSample] = []
     for shard in batch["uri"]:
-        shard = str(shard)
-        samples = _tar_samples(shard) if shard.endswith(".tar") else _parquet_samples(shard)
-        for sample in samples:
+        for sample in _shard_samples(str(shard)):
             image_id = sample[1]
             # Unreadable samples (no image_id) are counted once, in the training split.
             if (image_id < 0 and split == "val") or (image_id >= 0 and not _in_split(image_id, split, seed, fraction)):
                 continue
             pending.append(sample)
             if len(pending) == ROWS_PER_BLOCK:
-                yield decoded_table(pending, kwargs["category_ids"])
+                yield sample_table(pending, kwargs["category_ids"])
                 pending = []
     if pending:
-        yield decoded_table(pending, kwargs["category_ids"])
+        yield sample_table(pending, kwargs["category_ids"])
 
 
-def _tar_samples(shard: str) -> Iterator[tuple[str, int, bytes | None, str | None, str | None]]:
-    """``(uri, image_id, bytes, error, annotations JSON)`` per sample of a WebDataset shard whose
-    ``KEY.json`` members carry ``image_id`` and ``annotations`` (``detbatch prepare --annotations``)."""
-    from detbatch.detect.read import sample_parts, tar_samples
-
-    try:
-        for key, members in tar_samples(shard):
-            image, meta_json = sample_parts(members)
-            meta = json.loads(meta_json) if meta_json is not None else None
-            image_id = int((meta or {}).get("image_id", -1))
-            if image is None:
-                yield f"{shard}#{key}.?", image_id, None, "no image member in the sample", None
-                continue
-            annotations = json.dumps((meta or {}).get("annotations") or [], separators=(",", ":"))
-            yield f"{shard}#{image[0]}", image_id, image[1], None, annotations
-    except Exception as e:  # a truncated shard: what was read stands, the rest is one error row
-        yield shard, -1, None, f"shard unreadable: {type(e).__name__}: {e}", None
+def _shard_samples(shard: str) -> Iterator[EncodedSample]:
+    """The samples of a shard made by ``detbatch prepare --annotations``: its tar samples' ``KEY.json``
+    or its Parquet rows carry ``image_id`` and ``annotations``. Without an ``image_id``, ``-1``."""
+    kind = "tar" if shard.endswith(".tar") else "parquet"
+    for s in shard_samples(shard, kind, columns=("annotations",), batch_size=ROWS_PER_BLOCK):
+        annotations_json = s.meta.get("annotations")  # Parquet: the column's JSON text
+        if s.error is not None:
+            annotations_json = None
+        elif kind == "tar":  # the list in the sample's parsed KEY.json
+            annotations_json = json.dumps(annotations_json or [], separators=(",", ":"))
+        yield s.uri, -1 if s.image_id is None else s.image_id, s.data, s.error, annotations_json
 
 
-def _parquet_samples(shard: str) -> Iterator[tuple[str, int, bytes | None, str | None, str | None]]:
-    import pyarrow.parquet as pq
+def sample_table(samples: list[EncodedSample], category_ids: list[int]) -> pa.Table:
+    """Decode and clean ``samples`` -> a :data:`TRAINING_SAMPLE_SCHEMA` table, a row per sample.
 
-    try:
-        fs, path = storage.resolve(shard)
-        with fs.open(path, "rb") as f:
-            columns = ["file_name", "image", "image_id", "annotations"]
-            for part in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BLOCK, columns=columns):
-                rows = part.to_pydict()
-                for name, data, image_id, annotations in zip(*(rows[c] for c in columns)):
-                    yield f"{shard}#{name}", -1 if image_id is None else int(image_id), data, None, annotations
-    except Exception as e:
-        yield shard, -1, None, f"shard unreadable: {type(e).__name__}: {e}", None
-
-
-def decoded_table(
-    samples: list[tuple[str, int, bytes | None, str | None, str | None]], category_ids: list[int]
-) -> pa.Table:
-    """``(uri, image_id, bytes, error, annotations JSON)`` samples -> a :data:`DECODED_SCHEMA` table."""
+    A sample that cannot be read, decoded or used (no ``image_id``, annotations that are not JSON) is a
+    row with empty ``pixels``, no annotations and ``error`` saying why.
+    """
     ids = np.asarray(sorted(category_ids), dtype=np.int64)
-    columns: dict[str, list[Any]] = {name: [] for name in DECODED_SCHEMA.names}
-    for uri, image_id, data, error, annotations in samples:
-        pixels = None
-        if error is None:
-            pixels, error = decode_image(data)
+    columns: dict[str, list[Any]] = {name: [] for name in TRAINING_SAMPLE_SCHEMA.names}
+    for uri, image_id, data, error, annotations_json in samples:
+        pixels, error = decode_sample(data, error)
         if error is None and image_id < 0:
             pixels, error = None, "no image_id in the shard (make shards with --annotations)"
         if pixels is None:
@@ -299,12 +274,12 @@ def decoded_table(
         else:
             height, width = pixels.shape[:2]
             try:
-                clean = clean_annotations(parse_annotations(annotations), width, height, ids)
+                clean = clean_annotations(parse_annotations(annotations_json), width, height, ids)
             except (ValueError, TypeError) as e:
                 pixels, error, clean = None, f"annotations unreadable: {e}", clean_annotations([], 0, 0, ids)
         columns["image_id"].append(image_id)
         columns["uri"].append(uri)
-        columns["pixels"].append(b"" if pixels is None else np.ascontiguousarray(pixels).tobytes())
+        columns["pixels"].append(b"" if pixels is None else pixels.tobytes())
         columns["height"].append(height)
         columns["width"].append(width)
         columns["error"].append(error)
@@ -313,4 +288,4 @@ def decoded_table(
         columns["area"].append(clean.area)
         columns["iscrowd"].append(clean.iscrowd)
         columns["invalid_boxes"].append(clean.num_invalid)
-    return pa.Table.from_pydict(columns, schema=DECODED_SCHEMA)
+    return pa.Table.from_pydict(columns, schema=TRAINING_SAMPLE_SCHEMA)

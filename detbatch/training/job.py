@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 from detbatch import storage
 from detbatch.config import ConfigError
 from detbatch.errors import RunFailed
-from detbatch.models import Categories
+from detbatch.models import Categories, is_checkpoint_uri
 from detbatch.runtime import init_ray
 from detbatch.training import records
 from detbatch.training.config import TrainConfig
 from detbatch.training.data import DataSource, build_dataset, count_rows, load_source
-from detbatch.training.model import check_model_config, is_checkpoint
+from detbatch.training.model import check_model_config
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -132,7 +132,7 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     d, m, r = config.data, config.model, config.run
     data = {k: absolute(getattr(d, k)) for k in ("train_annotations", "train_images", "train_shards",
                                                  "val_annotations", "val_images", "val_shards")}  # fmt: skip
-    weights = absolute(m.weights) if is_checkpoint(m.weights) else m.weights
+    weights = absolute(m.weights) if is_checkpoint_uri(m.weights) else m.weights
     return config.model_copy(update={
         "data": d.model_copy(update=data),
         "model": m.model_copy(update={"weights": weights}),

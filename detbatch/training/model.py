@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from detbatch.config import ConfigError
 from detbatch.models import (
-    EXTRA_MODELS,
+    MODELS,
     Categories,
     build_model,
-    check_model_name,
-    check_weights,
+    check_checkpoint_exists,
     load_checkpoint,
+    parse_weights,
     replace_box_predictor,
 )
 from detbatch.training.config import ModelConfig
@@ -41,26 +41,19 @@ class StartingModel:
     """Where the weights came from, for logs: ``COCO_V1, box predictor replaced``, ..."""
 
 
-def is_checkpoint(weights: str) -> bool:
-    """Whether ``model.weights`` names a checkpoint (a path or URI) rather than a weights name."""
-    return "/" in weights or weights.endswith(".pt") or "://" in weights
-
-
 def check_model_config(cfg: ModelConfig) -> None:
-    """Fail fast, on the driver, on names that no worker could build."""
-    weights = cfg.weights
-    if is_checkpoint(weights):
-        check_weights(cfg.name, weights)
-        return
+    """Fail fast, on the driver, on names that no worker could build, or a missing checkpoint."""
     try:
-        check_weights(cfg.name, weights)
+        spec = parse_weights(cfg.name, cfg.weights)
     except ValueError as e:
         raise ConfigError(f"model.weights: {e}") from None
+    if spec.kind == "checkpoint":
+        check_checkpoint_exists(spec.weights)
+        return
     if cfg.weights_backbone is not None:
-        check_model_name(cfg.name)
-        if cfg.name in EXTRA_MODELS:
+        if not MODELS[cfg.name].torchvision:
             raise ConfigError(f"model.weights_backbone: {cfg.name} has no pretrained backbone; set it to null")
-        if weights.lower() != "none":
+        if spec.kind != "none":
             raise ConfigError("model.weights_backbone applies with model.weights: none only (pretrained weights include the backbone)")
         if cfg.weights_backbone != "DEFAULT":
             from torchvision.models import get_weight
@@ -80,10 +73,11 @@ def build_starting_model(cfg: ModelConfig, categories: Categories) -> StartingMo
     Call under the same ``torch.manual_seed`` on every worker so that fresh layers start equal.
     """
     weights = cfg.weights
+    spec = parse_weights(cfg.name, weights)
     score = {"score_threshold": cfg.score_threshold, "detections_per_image": cfg.detections_per_image}
     trainable = cfg.trainable_backbone_layers
     builder_freezes = False
-    if is_checkpoint(weights):
+    if spec.kind == "checkpoint":
         ckpt = load_checkpoint(weights)
         name = ckpt["model"]["name"]
         if name != cfg.name:
@@ -98,7 +92,7 @@ def build_starting_model(cfg: ModelConfig, categories: Categories) -> StartingMo
         else:
             description = f"checkpoint {weights}, same categories, box predictor kept"
         from_trained = True
-    elif weights.lower() == "none":
+    elif spec.kind == "none":
         name, kwargs = cfg.name, dict(cfg.kwargs)
         extra: dict[str, Any] = {}
         if cfg.weights_backbone is not None and trainable is not None:
@@ -111,7 +105,7 @@ def build_starting_model(cfg: ModelConfig, categories: Categories) -> StartingMo
         name, kwargs = cfg.name, dict(cfg.kwargs)
         extra = {"trainable_backbone_layers": trainable} if trainable is not None else {}
         builder_freezes = True
-        model = build_model(name, None, weights, None, **score, **kwargs, **extra)
+        model = build_model(name, None, spec.member, None, **score, **kwargs, **extra)
         replace_box_predictor(model, categories.num_classes)
         from_trained = True
         description = f"pretrained {weights}, box predictor replaced ({categories.num_classes - 1} categories)"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detbatch.detect.decode import decode_batch, decode_image
+from detbatch.detect.decode import decode_batch, decode_image, decode_sample
 from tests.helpers.images import png_bytes
 
 
@@ -41,3 +41,10 @@ def test_decode_batch_keeps_bad_rows():
     table = decode_batch(batch).to_pydict()
     assert table["status"] == ["ok", "error"] and (table["width"], table["height"]) == ([4, 0], [3, 0])
     assert len(table["pixels"][0]) == 4 * 3 * 3 and table["error"][0] is None
+
+
+def test_decode_sample_carries_the_read_error():
+    assert decode_sample(png_bytes(), "file not found") == (None, "file not found")
+    array, error = decode_sample(png_bytes(size=(4, 3)), None)
+    assert error is None and array.shape == (3, 4, 3)
+    assert decode_sample(b"", None) == (None, "empty file")

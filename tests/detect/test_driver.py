@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from detbatch import storage
 from detbatch.config import ConfigError, load_config
 from detbatch.detect.config import DetectConfig
-from detbatch.detect.driver import _prepare_output, read_and_decode, run_detect
+from detbatch.detect.driver import read_and_decode, run_detect
+from detbatch.detect.output import open_output
 from detbatch.datasets.prepare import prepare_shards
 from detbatch.detect.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA
 from detbatch.detect.units import derived_image_id
@@ -158,14 +158,17 @@ def test_each_unit_reaches_the_pool_as_one_block(shapes, ray_cluster, tmp_path):
     config = _config(str(shapes / "images"), str(tmp_path / "out"), **{"output.rows_per_file": 6})
     listing = units.list_input(config.input.uri, "auto")
     assert config.input.images_per_unit is None
-    config, _ = _prepare_output(config, listing)
+    opened = open_output(config, listing)
+    opened.lease.release()
+    config = opened.config
     assert config.input.images_per_unit == 6  # default: one call
     # A rerun may change rows_per_file (it does not change results): it keeps the units it started with.
-    rerun, finished = _prepare_output(_config(config.input.uri, config.output.uri, **{"output.rows_per_file": 10}), listing)
-    assert rerun.input.images_per_unit == 6 and finished is None
-    units = units.plan_units(listing, config.input.images_per_unit, None)
-    assert [len(u["uris"]) for u in units] == [6, 6, 6, 6]  # 24 files: 20 images + 4 bad ones
-    blocks = list(read_and_decode(units, listing, None, {}, decode_cpus=0.5).iter_batches(batch_size=None, batch_format="pyarrow"))
+    rerun = open_output(_config(config.input.uri, config.output.uri, **{"output.rows_per_file": 10}), listing)
+    rerun.lease.release()
+    assert rerun.config.input.images_per_unit == 6 and rerun.finished is None
+    planned = units.plan_units(listing, config.input.images_per_unit, None)
+    assert [len(u["uris"]) for u in planned] == [6, 6, 6, 6]  # 24 files: 20 images + 4 bad ones
+    blocks = list(read_and_decode(planned, listing, None, {}, decode_cpus=0.5).iter_batches(batch_size=None, batch_format="pyarrow"))
     assert sorted((b["unit"][0].as_py(), b.num_rows, len(set(b["unit"].to_pylist()))) for b in blocks) == [
         (u, 6, 1) for u in range(4)
     ]

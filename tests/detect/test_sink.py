@@ -1,6 +1,5 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from detbatch.detect import sink
 from detbatch.detect.detector import SCORED_SCHEMA

@@ -16,6 +16,7 @@ from detbatch.metrics import (
     match_images,
     reduce,
 )
+from detbatch.metrics import coco
 from detbatch.metrics.boxes import pairwise_iou, xyxy_to_xywh
 
 from tests.helpers.oracle import adversarial_coco, per_category_ap, pycocotools_eval, pycocotools_eval_results, results_list
@@ -149,6 +150,19 @@ def test_partition_and_order_do_not_change_the_result():
         split = reduce(records, gt.category_ids, count_ground_truth(gt))
         assert split.stats.tobytes() == whole.stats.tobytes()
         assert split.precision.tobytes() == whole.precision.tobytes()
+
+
+@pytest.mark.parametrize("chunk_elements", [1, coco.NUM_AREAS * coco.NUM_THRESHOLDS * 24])
+def test_chunks_of_the_matching_do_not_change_the_records(monkeypatch, chunk_elements):
+    """One pair per chunk, or 24 ground-truth slots (12 pairs of 2, 6 of 4): the same records as the
+    default chunks, which hold all the pairs of one width of these data at once."""
+    dataset, dt = adversarial_coco(4, n_images=60)
+    gt = GroundTruth.from_coco(dataset)
+    whole = match_images(gt, dt)
+    monkeypatch.setattr(coco, "MATCH_CHUNK_ELEMENTS", chunk_elements)
+    chunked = match_images(gt, dt)
+    for name, column in whole.columns().items():
+        assert getattr(chunked, name).tobytes() == column.tobytes(), name
 
 
 def test_iou_is_bit_identical_to_pycocotools():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from detbatch.metrics.coco_json import NotCocoError, _read_arrow, _read_json, read_coco_json
+from detbatch.metrics.coco_json import NotCocoError, read_coco_json, read_with_arrow, read_with_json
 
 from tests.helpers.oracle import adversarial_coco
 
@@ -21,7 +21,7 @@ def _assert_same(a, b):
 
 def test_arrow_reader_equals_json_on_coco128(coco128):
     data = (coco128 / "annotations" / "instances.json").read_bytes()  # polygons and RLE crowds inside
-    _assert_same(_read_arrow(data), _read_json(data))
+    _assert_same(read_with_arrow(data), read_with_json(data))
 
 
 def test_arrow_reader_equals_json_with_missing_fields_and_unknown_ids():
@@ -31,7 +31,7 @@ def test_arrow_reader_equals_json_with_missing_fields_and_unknown_ids():
     dataset["annotations"][2]["difficult"] = 1
     dataset["annotations"][3]["category_id"] = 99999  # not a listed category: dropped by both
     data = json.dumps(dataset).encode()
-    _assert_same(_read_arrow(data), _read_json(data))
+    _assert_same(read_with_arrow(data), read_with_json(data))
 
 
 def test_non_standard_types_fall_back_to_json():

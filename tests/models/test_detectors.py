@@ -4,22 +4,7 @@ import pytest
 import torch
 
 from detbatch import models, storage
-
-
-def test_unknown_model_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown model 'fasterrcnn_r50'; choose one of: .*fasterrcnn_resnet50_fpn_v2"):
-        models.check_weights("fasterrcnn_r50", "none")
-
-
-def test_unknown_weights_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown weights 'IMAGENET' for ssd300_vgg16; choose one of: DEFAULT, COCO_V1"):
-        models.check_weights("ssd300_vgg16", "IMAGENET")
-
-
-@pytest.mark.parametrize("weights", ["DEFAULT", "COCO_V1", "SSDLite320_MobileNet_V3_Large_Weights.COCO_V1"])
-def test_weights_names_resolve(weights):
-    member = models.detectors._weights_enum("ssdlite320_mobilenet_v3_large", weights)
-    assert member.name == "COCO_V1"
+from detbatch.config import ConfigError
 
 
 def test_random_init_keeps_coco_names():
@@ -43,13 +28,20 @@ def test_checkpoint_round_trip_brings_its_categories(tmp_path, s3_bucket):
         assert torch.equal(loaded.model.state_dict()[key], model.state_dict()[key])
 
 
-def test_missing_checkpoint_is_clear(tmp_path):
-    with pytest.raises(ValueError, match="checkpoint .*model.pt not found"):
-        models.check_weights("ssd300_vgg16", str(tmp_path / "nothing"))
+def test_tiny_fcos_needs_a_checkpoint_for_its_categories():
+    with pytest.raises(ConfigError, match=r"tiny_fcos has no pretrained categories; give --weights a checkpoint URI"):
+        models.build_detector("tiny_fcos", "none")
 
 
-def test_not_a_checkpoint_is_refused(tmp_path):
-    path = tmp_path / "x.pt"
-    torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match="not a detbatch checkpoint"):
-        models.load_checkpoint(str(path))
+def test_tiny_fcos_checkpoint_loads_in_eval_mode(tmp_path):
+    cats = models.Categories.from_coco([{"id": 1, "name": "square"}])
+    torch.manual_seed(0)
+    model = models.build_model("tiny_fcos", cats.num_classes, min_size=64, max_size=64)
+    path = tmp_path / "tiny.pt"
+    torch.save(models.checkpoint_dict(model, "tiny_fcos", cats, {"min_size": 64, "max_size": 64}), path)
+    loaded = models.build_detector("tiny_fcos", str(path), 0.3, 7)
+    assert (loaded.name, loaded.weights, loaded.categories) == ("tiny_fcos", str(path), cats)
+    assert not loaded.model.training and loaded.model.score_thresh == 0.3 and loaded.model.detections_per_img == 7
+    assert loaded.model.transform.min_size == (64,)  # the builder arguments saved in the checkpoint
+    assert torch.equal(loaded.model.state_dict()["head.classification_head.cls_logits.weight"],
+                       model.state_dict()["head.classification_head.cls_logits.weight"])  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 from detbatch.config import ConfigError
 from detbatch.datasets.prepare import prepare_shards
 from detbatch.datasets.synth import synthesize
-from detbatch.training.data import DECODED_SCHEMA, count_rows, load_source, read_image_files, read_shards
+from detbatch.training.data import TRAINING_SAMPLE_SCHEMA, count_rows, load_source, read_image_files, read_shards
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_image_files_read_decode_and_clean(shapes):
     assert source.kind == "images" and source.num_images == 10
     assert [c["name"] for c in source.categories] == ["square", "circle", "triangle"]
     table = read_image_files(_batch(source.items), category_ids=[1, 2, 3])
-    assert table.schema == DECODED_SCHEMA
+    assert table.schema == TRAINING_SAMPLE_SCHEMA
     rows = _rows(table)
     assert rows[3]["error"].startswith(("corrupt", "not an image")) and rows[3]["pixels"] == b""
     assert rows[2]["invalid_boxes"] == 1 and sum(r["invalid_boxes"] for r in rows.values()) == 1
@@ -59,7 +59,7 @@ def test_shards_give_the_same_rows_as_files(shapes, tmp_path, fmt):
     kwargs = {"category_ids": [1, 2, 3], "split": "all", "seed": 0, "val_fraction": 0.0}
     from_shards = {}
     for table in read_shards(_batch(source.items), **kwargs):
-        assert table.schema == DECODED_SCHEMA
+        assert table.schema == TRAINING_SAMPLE_SCHEMA
         from_shards.update(_rows(table))
     from_files = _rows(read_image_files(_batch(load_source(str(shapes / "annotations.json"), None, None, "train").items), **kwargs))
     assert from_shards.keys() == from_files.keys()
@@ -99,7 +99,7 @@ def test_tar_samples_without_an_image_or_cut_short_become_error_rows(tmp_path):
     import io
     import tarfile
 
-    from detbatch.training.data import _tar_samples
+    from detbatch.training.data import _shard_samples
 
     def meta(image_id: int) -> bytes:
         return json.dumps({"image_id": image_id, "annotations": [{"bbox": [1, 2, 3, 4], "category_id": 1}]}).encode()
@@ -112,12 +112,36 @@ def test_tar_samples_without_an_image_or_cut_short_become_error_rows(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    rows = list(_tar_samples(str(shard)))
+    rows = list(_shard_samples(str(shard)))
     assert [(r[0].rsplit("#", 1)[1], r[1], r[3]) for r in rows] == [
         ("a.png", 7, None), ("b.?", 8, "no image member in the sample"), ("c.png", 9, None)]  # fmt: skip
     assert rows[0][2] == png and json.loads(rows[0][4]) == [{"bbox": [1, 2, 3, 4], "category_id": 1}]
 
     cut = tmp_path / "cut.tar"
     cut.write_bytes(shard.read_bytes()[: 512 * 13])  # stops inside c.png
-    rows = list(_tar_samples(str(cut)))
+    rows = list(_shard_samples(str(cut)))
     assert [r[1] for r in rows[:2]] == [7, 8] and rows[-1][0] == str(cut) and "shard unreadable" in rows[-1][3]
+
+
+def test_parquet_shard_without_ids_or_annotations_becomes_error_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers.images import png_bytes
+
+    no_ids, no_annotations = tmp_path / "no-ids.parquet", tmp_path / "no-annotations.parquet"
+    pq.write_table(pa.table({"file_name": ["a.png"], "image": [png_bytes()], "image_id": pa.array([None], pa.int64()), "annotations": ["[]"]}), no_ids)
+    pq.write_table(pa.table({"file_name": ["a.png"], "image": [png_bytes()], "image_id": [1]}), no_annotations)
+    kwargs = {"category_ids": [1], "split": "all", "seed": 0, "val_fraction": 0.0}
+    (table,) = read_shards({"uri": np.array([str(no_ids), str(no_annotations)], dtype=object)}, **kwargs)
+    assert table.schema == TRAINING_SAMPLE_SCHEMA
+    rows = table.to_pylist()
+    assert [(r["uri"], r["image_id"], r["pixels"], r["height"]) for r in rows] == [(f"{no_ids}#a.png", -1, b"", 0), (str(no_annotations), -1, b"", 0)]
+    assert rows[0]["error"] == "no image_id in the shard (make shards with --annotations)"
+    assert rows[1]["error"].startswith("shard unreadable: InputError: ") and "lack 'annotations'" in rows[1]["error"]
+
+
+def test_missing_image_file_is_an_error_row(tmp_path):
+    items = [{"image_id": 1, "uri": str(tmp_path / "gone.png"), "annotations": "[]"}]
+    (row,) = read_image_files(_batch(items), category_ids=[1]).to_pylist()
+    assert row["error"].startswith("file not found") and row["pixels"] == b"" and row["bbox"] == []

@@ -1,0 +1,45 @@
+"""The typed config of an evaluation: one flat section, ``configs/evaluate.yaml``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from detbatch.config import ConfigError, Section
+
+# The keys an evaluation cannot do without, and the flag of `detbatch evaluate` that gives each. They
+# default to None so that a config file and the flags can each give some of them; run_evaluate checks.
+REQUIRED_KEYS = {"detections": "--detections", "ground_truth": "--ground-truth", "out": "--out"}
+
+
+class EvaluateConfig(Section):
+    """What to evaluate and where to write it."""
+
+    detections: str | None = None  # a detect output folder (RUN/detections/*.parquet, RUN/run.json), any fsspec URI
+    ground_truth: str | None = None  # a COCO instances JSON, local or URI
+    out: str | None = None  # folder for metrics.json, report.md, pr_curves.png
+    metric: Literal["coco", "voc"] = "coco"
+    iou_type: Literal["bbox"] = "bbox"
+    ray_address: str | None = None
+    use_ray: bool | None = None  # None: Ray when the detections exceed local_max_bytes
+    # Parquet bytes up to which `use_ray=None` evaluates in this process (~10M detections).
+    local_max_bytes: int = Field(256 * 2**20, gt=0)
+    # "auto": by image_id when the detect run had a COCO manifest (run.json), else by file name.
+    pair_by: Literal["auto", "image_id", "file_name"] = "auto"
+    # "ground_truth": every ground-truth image counts, as pycocotools; "run": only those the run paired.
+    image_set: Literal["ground_truth", "run"] = "ground_truth"
+    # A detect output without run.json is unfinished: refused unless this is set (metrics.json then
+    # records "complete": false).
+    allow_incomplete: bool = False
+    voc_plus_one: bool = False  # VOC devkit's +1 pixel in widths and areas (integer pixel boxes)
+    plot_categories: int = Field(5, ge=0)  # categories with most ground truth in pr_curves.png
+    # Ray: detections per matching task, and Parquet bytes per reading task.
+    rows_per_bucket: int = Field(1_000_000, gt=0)
+    bytes_per_read_task: int = Field(64 * 2**20, gt=0)
+
+    def require_inputs(self) -> None:
+        """Raise unless the detections, the ground truth and the output folder are set (by the file or by flags)."""
+        for key, flag in REQUIRED_KEYS.items():
+            if not getattr(self, key):
+                raise ConfigError(f"{key} is not set; give {flag} URI or set {key} in the config file")

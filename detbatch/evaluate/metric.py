@@ -1,0 +1,49 @@
+"""The chosen metric's steps over arrays (:mod:`detbatch.metrics`), shared by the evaluation in this
+process and the stages on Ray: match whole images, count ground truth, accumulate whole categories
+(:func:`~detbatch.metrics.grouping.accumulate_by_category` with ``Metric.accumulate``), combine them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from detbatch.evaluate.config import EvaluateConfig
+from detbatch.metrics import coco, coco_reduce, voc
+from detbatch.metrics.coco import Detections, GroundTruth, MatchRecords, evaluated_detections
+
+
+@dataclass(frozen=True)
+class Metric:
+    match: Callable[[GroundTruth, Detections], MatchRecords]
+    count: Callable[[GroundTruth], np.ndarray]
+    accumulate: Callable[[MatchRecords, np.ndarray], tuple[Any, ...]]
+    combine: Callable[[np.ndarray, np.ndarray, dict[int, tuple[Any, ...]]], Any]
+
+
+def metric_for(config: EvaluateConfig) -> Metric:
+    metrics = {
+        "coco": Metric(coco.match_images, coco.count_ground_truth, coco_reduce.accumulate_category, coco_reduce.combine),
+        "voc": Metric(
+            lambda gt, dt: voc.match_images_voc(gt, dt, config.voc_plus_one),
+            voc.count_ground_truth_voc,
+            voc.accumulate_category_voc,
+            voc.combine_voc,
+        ),
+    }
+    return metrics[config.metric]
+
+
+def detection_counts(gt: GroundTruth, dt: Detections, unpaired: int) -> dict[str, int]:
+    """The detection counts of metrics.json ``pairing`` for paired ``dt`` and ``unpaired`` dropped ones."""
+    _, dropped = evaluated_detections(gt, dt)
+    return {
+        "detections": len(dt) + unpaired,
+        "detections_paired": len(dt),
+        "detections_unpaired": unpaired,
+        "detections_unknown_category": dropped["unknown_category"],
+        "detections_non_finite": dropped["non_finite"],
+        "detections_evaluated": len(dt) - dropped["unknown_category"] - dropped["non_finite"],
+    }
+
