@@ -33,6 +33,7 @@ from detbatch.detect.config import DetectConfig
 from detbatch.detect.lease import Lease
 from detbatch.detect.sink import DETBATCH_DIR, is_part_file
 from detbatch.detect.units import InputListing
+from detbatch.faults import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def clear_output(output: str) -> int:
         doomed += [storage.join(folder, n) for n in names if is_part_file(n)]
     doomed.append(storage.join(output, RUN_FILE))
     storage.remove(doomed)
+    failpoint("output.after_clearing_parts")
     storage.remove([storage.join(output, STATE_FILE)])  # last: until then a rerun still sees a detbatch output
     for table in ("detections", "images"):
         fs, path = storage.resolve(storage.join(output, table))
