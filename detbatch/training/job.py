@@ -150,23 +150,64 @@ def _check_categories(train: DataSource, val: DataSource) -> None:
         )
 
 
+# Settings a resumed run cannot change. The model and its starting weights define what is trained; the
+# data sources, the seed and the validation fraction define the split (a changed split would train on
+# images that were validation images); another optimizer cannot load the saved optimizer state.
+RESUME_FIXED = ("data.train_annotations", "data.train_images", "data.train_shards", "data.val_annotations",
+                "data.val_images", "data.val_shards", "data.val_fraction", "data.seed", "optim.optimizer")
+# Settings that change nothing of the result, or that a resume is expected to change (more epochs, other
+# resources after losing a node); left out of the fingerprint.
+RESUME_FREE = ("schedule.epochs", "ray", "scaling", "run.model_uri", "run.log_every", "data.read_cpus", "data.cache")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if any(dotted == free or dotted.startswith(free + ".") for free in RESUME_FREE):
+            continue
+        if isinstance(value, dict) and key != "kwargs":
+            out |= _flat(value, dotted + ".")
+        else:
+            out[dotted] = value
+    return out
+
+
 def _check_run(run_uri: str, config: TrainConfig, categories: Categories) -> None:
-    """Refuse to resume a run of another model or other categories; record them on a first run."""
-    wanted = {"model": config.model.name, "weights": config.model.weights, "categories": categories.to_list()}
+    """Refuse to resume a run of another model, other categories, or a setting of :data:`RESUME_FIXED`;
+    log every other setting that changed (the training loop applies it from the resumed step on). Record
+    them all on a first run."""
+    settings = _flat(config.model_dump(mode="json"))
+    wanted = {"model": config.model.name, "weights": config.model.weights, "categories": categories.to_list(),
+              "settings": settings}
     path = storage.join(run_uri, RUN_FILE)
     try:
         saved = json.loads(storage.read_text(path))
     except FileNotFoundError:
         storage.write_text(path, json.dumps(wanted, indent=2))
         return
-    changed = [k for k in wanted if saved.get(k) != wanted[k]]
+    before = saved.get("settings")
+    if before is None:  # written by a detbatch before settings were recorded: compare what it recorded
+        logger.warning("%s: recorded by an older detbatch, which kept no settings; they are not checked", run_uri)
+        before = settings
+    changed = [k for k in ("model", "weights", "categories") if saved.get(k) != wanted[k]]
+    changed += [k for k in RESUME_FIXED if before.get(k) != settings.get(k)]
     if changed:
-        diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in changed)
+        diffs = "; ".join(f"{k}: {_value(saved, before, k)!r} -> {_value(wanted, settings, k)!r}" for k in changed)
         raise ConfigError(
             f"{run_uri} holds a run with other settings ({diffs[:400]}); rerunning the same --name resumes it, "
             f"so give a new --name (or --storage-path) for a new run"
         )
+    applied = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    if applied:
+        logger.warning("%s: resuming with changed settings, applied from the resumed step on: %s", run_uri,
+                       "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in applied.items()))
+        storage.write_text(path, json.dumps(wanted, indent=2))
     logger.info("%s exists: resuming from its latest checkpoint", run_uri)
+
+
+def _value(record: dict[str, Any], settings: dict[str, Any], key: str) -> Any:
+    return record.get(key) if key in ("model", "weights", "categories") else settings.get(key)
 
 
 def ray_storage(storage_path: str) -> tuple[str, "pyarrow.fs.FileSystem | None"]:

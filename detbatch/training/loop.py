@@ -64,6 +64,23 @@ def make_optimizer(params: list["torch.nn.Parameter"], cfg: OptimConfig) -> "tor
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
 
 
+def apply_optim_settings(optimizer: "torch.optim.Optimizer", scheduler: Any, cfg: OptimConfig) -> None:
+    """The config's learning rate, momentum and weight decay over a restored optimizer and scheduler.
+
+    A saved state carries the settings of the run that saved it (the scheduler's ``base_lrs``, each param
+    group's momentum and decay); a resume with a new ``--lr`` would silently keep the old one. The momentum
+    buffers and the step count stay. The driver logs which settings changed (:func:`detbatch.training.job`).
+    """
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, (fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas)):
+        group["lr"] = cfg.lr * factor
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
+        if "betas" in group:
+            group["betas"] = (cfg.momentum, group["betas"][1])
+
+
 class NonFiniteLoss(Exception):
     """The loss of some worker was NaN or infinite at ``step``."""
 
@@ -140,6 +157,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(saved_state["optimizer"])
         scheduler.load_state_dict(saved_state["scheduler"])
         scaler.load_state_dict(saved_state["scaler"])
+        apply_optim_settings(optimizer, scheduler, cfg.optim)
     stepper = Stepper(model, params, optimizer, scheduler, scaler, device, amp, world, cfg.optim.clip_grad_norm)
 
     nodes = _gather(ray.get_runtime_context().get_node_id(), world)
