@@ -71,6 +71,12 @@ class InferenceConfig(Section):
     """Share of the object store that Ray Data may fill for this job, mostly decoded images waiting for
     the pool; ``None``: Ray Data's default (0.5). Lower it where node memory is tight: the buffer, and
     with it the actors' mapped memory, shrinks with it (docs/scaling.md)."""
+    autoscaling: bool = False
+    """Whether an autoscaler adds nodes on demand: then a pool that does not fit the cluster as it is now is
+    a warning, not an error (detbatch.detect.resources)."""
+    stall_timeout_s: float = Field(900.0, gt=0)
+    """A run in which no stage moves a block for this long stops with Ray Data's account of each stage
+    (what waits for what). Longer than the slowest call: ``rows_per_file`` images through the model."""
     calls_in_flight: int = Field(1, ge=1)
     """Calls (of ``output.rows_per_file`` images) queued on each actor at once. 1 keeps the tail of a
     run balanced: work waits in the pool's queue, not behind a busy actor, so no actor idles while

@@ -26,6 +26,7 @@ from detbatch.config import ConfigError
 from detbatch.detect.config import DetectConfig
 from detbatch.detect.lease import Lease, LeaseLost
 from detbatch.detect.output import RUN_FILE, OpenedOutput, open_output
+from detbatch.detect.resources import placement_problem
 from detbatch.errors import RunFailed
 from detbatch.models import check_weights
 from detbatch.detect.decode import decode_batch
@@ -188,6 +189,7 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     )
     gpus, threads, device = _pool_resources(config)
     inf = config.inference
+    _check_schedulable(config, gpus)
     context = DataContext.get_current()
     # Rows reach the actors in (unit, index) order, so that each call commits few, long parts.
     # (Correctness does not depend on it: write_parts splits any batch into contiguous runs.)
@@ -199,6 +201,8 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     # lost lease or a bug must stop the run.
     context.retried_map_errors = [storage.TransientStorageError.__name__]
     context.max_map_retries = READ_TASK_RETRIES
+    # A stream in which nothing moves for this long fails with Ray Data's account of each operator.
+    context.execution_no_progress_timeout_s = inf.stall_timeout_s
 
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
     if todo:
@@ -225,7 +229,7 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
             # A dead actor is replaced and its batch retried, up to max_retries times per batch.
             # (Ray Data's own default retries forever, so a batch that kills every actor it
             # reaches would never end the job.) Ray 2.60 deprecates this argument without a named
-            # replacement; docs/detect.md, "Retries", says what to do when it goes.
+            # replacement; docs/detect.md, "Retries of actors", says what to do when it goes.
             ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": inf.max_retries},
         )
         try:
@@ -233,7 +237,7 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
                 for key in processed:
                     processed[key] += int(batch[key].to_numpy().sum())
         except Exception as e:
-            _raise_known_cause(e, lease)
+            _raise_known_cause(e, lease, inf.stall_timeout_s)
             raise
 
     wall = time.perf_counter() - started
@@ -277,11 +281,34 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     return summary
 
 
-def _raise_known_cause(error: BaseException, lease: Lease) -> None:
+def _check_schedulable(config: DetectConfig, gpus: float) -> None:
+    """Refuse a pool that would leave no room for the read/decode stage (it would hang, reading nothing)."""
+    import ray
+
+    inf = config.inference
+    actor = {"CPU": inf.cpus_per_actor, "GPU": gpus, **inf.actor_resources}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problem = placement_problem(nodes, actor, inf.min_actors, {"CPU": inf.decode_cpus})
+    if problem is None:
+        return
+    if inf.autoscaling:
+        logger.warning("%s (going on: inference.autoscaling says nodes are added on demand)", problem)
+        return
+    raise ConfigError(f"detect cannot run on this cluster: {problem}")
+
+
+def _raise_known_cause(error: BaseException, lease: Lease, stall_timeout_s: float) -> None:
     """Turn a stream failure whose cause detbatch knows (a lost lease, storage that kept failing) into its
     own error, which says what to do; anything else propagates as it is."""
     lease.check()
     text = f"{type(error).__name__}: {error}"
+    if "ExecutionTimeoutError" in text or "made no progress" in text:
+        raise DetectIncomplete(
+            f"the stream made no progress for inference.stall_timeout_s={stall_timeout_s:g}; Ray Data's account "
+            f"of each stage follows. A stage with no active task is waiting for resources (check the pool's "
+            f"and the decode tasks' resources against the cluster's), a stage with active tasks is slow or "
+            f"stuck. Rerun the same command to resume.\n{text}"
+        ) from error
     for known in (LeaseLost, storage.TransientStorageError):
         if known.__name__ in text:
             raise DetectIncomplete(f"the stream stopped: {text.splitlines()[-1]}; rerun the same command to "
