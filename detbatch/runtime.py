@@ -8,23 +8,30 @@ import os
 import resource
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 logger = logging.getLogger(__name__)
 
 # Storage settings the driver was given, forwarded to the workers of a cluster that was started
 # elsewhere (`ray start`), so that every stage sees the same endpoint. A local Ray started here
-# inherits the driver's environment and needs no forwarding.
+# inherits the driver's environment and needs no forwarding. None of these is a secret: Ray keeps a
+# job's runtime_env in its job table, shown by the dashboard and `ray list jobs --detail`.
 _FORWARDED_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_PROFILE",
+    # Failpoints (detbatch.faults) of a crash test reach the job's actors this way; unset, nothing is sent.
+    "DETBATCH_FAILPOINTS",
 )
+
+# AWS credentials: forwarded only when FORWARD_SECRETS_ENV is "1", since the job table above would then
+# hold them in clear. On a cluster the nodes' instance profiles give the workers their own credentials
+# (cluster.yaml; docs/scaling.md "Security"). The key id goes with the secret: botocore refuses a key id
+# without its secret key, and a lone key id would hide the instance profile from the workers.
+_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+FORWARD_SECRETS_ENV = "DETBATCH_FORWARD_AWS_SECRETS"
 
 # Workers do not preload torch (Ray's `preload_python_modules`): every worker would pay ~6 CPU-s and
 # ~300 MB for it, the decode tasks included, which never use torch; only the detector actors and the
@@ -39,6 +46,36 @@ _FORWARDED_ENV = (
 # footprint. Measured in docs/benchmarks.md ("Detector memory: glibc vs jemalloc"). Settings already in the environment
 # win; on a cluster, export both in `ray start`'s environment (see cluster.yaml).
 WORKER_ENV = {"RAY_LD_PRELOAD_ON_WORKERS": "1", "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+
+
+def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables :func:`init_ray` gives the workers of a cluster it joins.
+
+    Those of ``_FORWARDED_ENV`` set in ``environ`` (default ``os.environ``), plus the AWS credentials
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) only if
+    ``DETBATCH_FORWARD_AWS_SECRETS=1``. Any other value than ``1``, ``0`` or empty is a ConfigError.
+    """
+    from detbatch.config import ConfigError
+
+    environ = os.environ if environ is None else environ
+    opt_in = environ.get(FORWARD_SECRETS_ENV, "")
+    if opt_in not in ("", "0", "1"):
+        raise ConfigError(f"{FORWARD_SECRETS_ENV}={opt_in!r}: set it to 1 to forward the driver's AWS "
+                         "credentials to the workers, or to 0 (or leave it unset) to keep them on the driver")
+    names = _FORWARDED_ENV + (_SECRET_ENV if opt_in == "1" else ())
+    return {k: environ[k] for k in names if k in environ}
+
+
+def _log_secret_forwarding(env: Mapping[str, str]) -> None:
+    """Say which credentials stayed on the driver or were forwarded: names only, never values."""
+    forwarded = [k for k in _SECRET_ENV if k in env]
+    withheld = [k for k in _SECRET_ENV if k in os.environ and k not in env]
+    if forwarded:
+        logger.warning("forwarding %s to the workers (%s=1): Ray keeps them in this job's runtime_env, "
+                       "readable from its dashboard and job table", ", ".join(forwarded), FORWARD_SECRETS_ENV)
+    elif withheld:
+        logger.info("not forwarding %s to the workers: they use their own credentials (the node's instance "
+                    "profile); set %s=1 to forward them", ", ".join(withheld), FORWARD_SECRETS_ENV)
 
 
 @contextmanager
@@ -66,7 +103,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env = forwarded_env()
     runtime_env = {"env_vars": env} if env else None
     common = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address is None and not os.environ.get("RAY_ADDRESS"):
@@ -81,6 +118,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ray.init(address="local", num_cpus=num_cpus, **common)
     elif not ray.is_initialized():  # RAY_ADDRESS (a job's cluster: never replaced by a local Ray), or as given
         ray.init(address=address, runtime_env=runtime_env, **common)
+    if address != "local":  # a local Ray's workers inherit the driver's environment: nothing was forwarded
+        _log_secret_forwarding(env)
     logger.info("connected to Ray: %s", ray.get_runtime_context().gcs_address)
 
 

@@ -9,15 +9,22 @@ when the task ends or its buffer fills, so a downstream writer could sit idle fo
 
 from __future__ import annotations
 
+import json
 import logging
+import posixpath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from detbatch import storage
 from detbatch.detect.decode import DECODED_SCHEMA
+from detbatch.detect.sink import ATTEMPTS_DIR
+from detbatch.faults import failpoint
 
 logger = logging.getLogger(__name__)
+
+CRASHED = "detector crashed on this image (twice, on its own; the rest of its call went on)"
 
 # The decoded rows' columns that pass through to the output (all but the pixels).
 PASSTHROUGH = tuple(n for n in DECODED_SCHEMA.names if n != "pixels")
@@ -121,10 +128,40 @@ class Detector:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Detect, commit to ``output`` as lease ``generation``, return per-unit counts
-        (:data:`detbatch.detect.sink.SUMMARY_SCHEMA`)."""
+        (:data:`detbatch.detect.sink.SUMMARY_SCHEMA`).
+
+        A call that killed its actor before (a model crash on one image: a segfault, an abort in a CUDA
+        kernel) is isolated when Ray retries it: the attempt record in ``_detbatch/attempts/`` says which
+        rows were running, and the retry splits them in halves, commits the halves that run, and after an
+        image crashed twice on its own commits it as an error row (:data:`CRASHED`), so the job goes on.
+        """
         from detbatch.detect.sink import write_parts
 
-        return write_parts(self.score(batch), self.output, self.generation)
+        batch = _sorted(batch)
+        record = attempt_uri(self.output, self.generation, batch)
+        state = _after_crash(json.loads(storage.read_text(record))) if storage.exists(record) else \
+            {"queue": [[0, len(batch["uri"])]], "suspect": [], "crashed": []}
+        parts = []
+        while state["queue"]:
+            lo, hi = state["queue"][0]
+            storage.write_text(record, json.dumps(state))  # if this dies, the retry knows where
+            parts.append(write_parts(self.score(_rows(batch, lo, hi)), self.output, self.generation))
+            state["queue"].pop(0)
+        if state["crashed"]:
+            logger.error("%d images crashed the detector twice; committed as error rows: %s", len(state["crashed"]),
+                         [str(batch["uri"][i]) for i in state["crashed"]][:5])
+            parts.append(write_parts(self._crashed(batch, state["crashed"]), self.output, self.generation))
+        storage.remove([record])
+        return pa.concat_tables(parts)
+
+    def _crashed(self, batch: dict[str, np.ndarray], rows: list[int]) -> pa.Table:
+        """Error rows for the images that crashed the detector."""
+        picked = {k: batch[k][rows] for k in PASSTHROUGH}
+        empty = [np.zeros(0, np.float32)] * len(rows)
+        picked.update(width=np.zeros(len(rows), np.int32), height=np.zeros(len(rows), np.int32),
+                      status=["error"] * len(rows), error=[CRASHED] * len(rows),
+                      category_id=[np.zeros(0, np.int32)] * len(rows), category=[[]] * len(rows), score=empty, box=empty)
+        return pa.Table.from_pydict(picked, schema=SCORED_SCHEMA)
 
     def score(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Decoded rows -> one row per image with its detections (:data:`SCORED_SCHEMA`)."""
@@ -136,6 +173,8 @@ class Detector:
         ]
         results: list[dict[str, np.ndarray] | None] = [None] * n
         for start in range(0, len(images), self.batch_size):
+            for i in ok[start : start + self.batch_size]:  # a test's way to crash the model on one image
+                failpoint(f"detector.image:{posixpath.basename(str(batch['uri'][i]))}")
             chunk = self.predict(images[start : start + self.batch_size])
             for i, out in zip(ok[start : start + self.batch_size], chunk):
                 results[i] = out
@@ -150,3 +189,32 @@ class Detector:
         arrays = {k: batch[k] for k in PASSTHROUGH}
         arrays.update(columns)
         return pa.Table.from_pydict(arrays, schema=SCORED_SCHEMA)
+
+
+def attempt_uri(output: str, generation: int, batch: dict[str, np.ndarray]) -> str:
+    """Where a call's attempt record lives: by the run's generation and the call's first and last rows."""
+    u, i, n = batch["unit"], batch["index"], len(batch["uri"])
+    return storage.join(output, ATTEMPTS_DIR, f"g{generation:06d}-{u[0]:08d}-{i[0]:07d}-{u[-1]:08d}-{i[-1]:07d}-{n}.json")
+
+
+def _sorted(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch in (unit, index) order, so that a retried call sees its rows at the same positions."""
+    order = np.lexsort((np.asarray(batch["index"]), np.asarray(batch["unit"])))
+    return {k: np.asarray(v)[order] for k, v in batch.items()}
+
+
+def _rows(batch: dict[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:
+    return {k: v[lo:hi] for k, v in batch.items()}
+
+
+def _after_crash(state: dict[str, Any]) -> dict[str, Any]:
+    """The attempt record of a call whose last attempt died while running ``queue[0]``: split those rows in
+    halves; a single image is tried once more on its own, and after a second crash is marked crashed."""
+    (lo, hi), rest = state["queue"][0], state["queue"][1:]
+    if hi - lo > 1:
+        mid = (lo + hi) // 2
+        return {**state, "queue": [[lo, mid], [mid, hi], *rest]}
+    if lo in state["suspect"]:
+        return {**state, "queue": rest, "crashed": [*state["crashed"], lo]}
+    return {**state, "suspect": [*state["suspect"], lo]}
+

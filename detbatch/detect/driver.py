@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from detbatch import __version__, storage
 from detbatch.detect import read, sink
 from detbatch.detect.units import InputListing, list_input, load_manifest, plan_units
 from detbatch.config import ConfigError
-from detbatch.detect.config import DetectConfig
+from detbatch.detect.config import DetectConfig, InputConfig
 from detbatch.detect.lease import Lease, LeaseLost
 from detbatch.detect.output import RUN_FILE, OpenedOutput, open_output
 from detbatch.detect.resources import placement_problem
@@ -94,14 +95,18 @@ def _installed_version(package: str) -> str:
 
 
 def _read_stage(
-    units: dict[str, Any], manifest: dict[str, int] | None, skips: dict[int, list[tuple[int, int]]]
+    units: dict[str, Any], manifest: dict[str, int] | None, skips: dict[int, list[tuple[int, int]]],
+    max_bytes: int | None = None,
 ) -> Iterator["pa.Table"]:
-    """map_batches UDF over unit rows (batch_size=1): yield the unit's images in small batches."""
+    """map_batches UDF over unit rows (batch_size=1): yield the unit's images in small batches.
+    ``max_bytes``: ``input.max_bytes`` (:func:`detbatch.detect.read.read_unit`)."""
     for i in range(len(units["unit"])):
         unit = {k: units[k][i] for k in units}
-        unit["uris"], unit["image_ids"] = list(unit["uris"]), list(unit["image_ids"])
+        for column in ("uris", "image_ids", "sizes"):
+            if column in unit:
+                unit[column] = list(unit[column])
         rows = []
-        for row in read.read_unit(unit, manifest, skips.get(int(unit["unit"]), [])):
+        for row in read.read_unit(unit, manifest, skips.get(int(unit["unit"]), []), max_bytes):
             rows.append(row)
             if len(rows) == read.ROWS_PER_READ_BATCH:
                 yield pa.Table.from_pylist(rows, schema=read.READ_SCHEMA)
@@ -116,22 +121,26 @@ def read_and_decode(
     manifest: dict[str, int] | None,
     skips: dict[int, list[tuple[int, int]]],
     decode_cpus: float,
+    caps: InputConfig | None = None,
 ) -> "ray.data.Dataset":
     """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
     leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
-    ``rows_per_file`` images reaches the pool as one call."""
+    ``rows_per_file`` images reaches the pool as one call. ``caps``: the input settings whose
+    ``max_bytes`` and ``max_pixels`` refuse a file before it is read or decoded (None: their defaults)."""
     import ray
 
-    # Shards need the manifest in the workers; image files carry their ids in the unit rows.
+    caps = caps or InputConfig()
+    # Shards need the manifest in the workers; image files carry their ids in the unit rows, and their
+    # listed sizes, so that a file over max_bytes is refused without a request.
     shard_manifest = manifest if listing.kind != "images" else None
     return (
-        ray.data.from_items(units, override_num_blocks=len(units))
-        .map_batches(_read_stage, batch_size=1, fn_kwargs={"manifest": shard_manifest, "skips": skips},
-                     num_cpus=decode_cpus)
+        ray.data.from_items(read.with_listed_sizes(units, listing), override_num_blocks=len(units))
+        .map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,
+                     fn_kwargs={"manifest": shard_manifest, "skips": skips, "max_bytes": caps.max_bytes})
         # batch_size=None: decode each block the reader yields. Ray fuses the two stages into one task
         # that takes max(batch sizes) input rows, and input rows are units: a batch size here would
         # put that many units in one task, whose output then reaches a single actor.
-        .map_batches(decode_batch, batch_size=None, num_cpus=decode_cpus)
+        .map_batches(decode_batch, batch_size=None, num_cpus=decode_cpus, fn_kwargs={"max_pixels": caps.max_pixels})
     )
 
 
@@ -179,7 +188,7 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     log = sink.read_commit_log(output)
     # Safe while this run holds the lease: a fenced-off writer's late file makes at most a half pair,
     # which no reader counts (detbatch.detect.sink).
-    storage.remove(log.debris)
+    storage.remove(log.debris + _stale_attempts(output, lease.generation))
     all_units = plan_units(listing, config.input.images_per_unit, manifest)
     todo = [u for u in all_units if u["unit"] not in log.finished]
     skips = {u["unit"]: log.skip(u["unit"]) for u in todo if log.skip(u["unit"])}
@@ -206,7 +215,7 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
 
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
     if todo:
-        ds = read_and_decode(todo, listing, manifest, skips, inf.decode_cpus).map_batches(
+        ds = read_and_decode(todo, listing, manifest, skips, inf.decode_cpus, config.input).map_batches(
             Detector.configured(
                 model=config.model.name,
                 weights=config.model.weights,
@@ -230,7 +239,10 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
             # (Ray Data's own default retries forever, so a batch that kills every actor it
             # reaches would never end the job.) Ray 2.60 deprecates this argument without a named
             # replacement; docs/detect.md, "Retries of actors", says what to do when it goes.
-            ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": inf.max_retries},
+            # On top, the retries that isolating one crashing image takes (halving the call, then that
+            # image twice on its own: detbatch.detect.detector).
+            ray_remote_args_fn=lambda: {"max_restarts": -1,
+                                        "max_task_retries": inf.max_retries + isolation_retries(config.output.rows_per_file)},
         )
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -279,6 +291,18 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     lease.check()
     storage.write_text(storage.join(output, RUN_FILE), json.dumps(run, indent=2))
     return summary
+
+
+def isolation_retries(rows_per_call: int) -> int:
+    """Crashes it takes to isolate one crashing image in a call of ``rows_per_call`` rows: one per halving,
+    and two on its own."""
+    return max(0, math.ceil(math.log2(max(rows_per_call, 1)))) + 2
+
+
+def _stale_attempts(output: str, generation: int) -> list[str]:
+    """Attempt records of earlier runs (their calls are this run's to redo)."""
+    folder = storage.join(output, sink.ATTEMPTS_DIR)
+    return [storage.join(folder, n) for n in storage.list_names(folder) if not n.startswith(f"g{generation:06d}-")]
 
 
 def _check_schedulable(config: DetectConfig, gpus: float) -> None:

@@ -70,6 +70,8 @@ SUMMARY_SCHEMA = pa.schema(
 )
 
 DETBATCH_DIR = "_detbatch"
+# Attempt records of detector calls (detbatch.detect.detector): which rows a call was running when it died.
+ATTEMPTS_DIR = f"{DETBATCH_DIR}/attempts"
 TABLES = ("detections", "images")
 _PART = re.compile(r"^(\d{8})-(\d{7,})-(\d{7,})(-last)?(?:\.g(\d{6,}))?\.parquet$")
 
