@@ -5,7 +5,8 @@ files, or one shard. Units are the grain of the exactly-once contract: each imag
 ``(unit, index)``, its position in the sorted listing, which is the same on every run over the same
 input. :mod:`detbatch.detect.read` streams a unit's images in Ray tasks.
 
-A shard member's uri is ``SHARD_URI#FILE_NAME`` (the member's name inside the shard).
+A shard member's uri is ``SHARD_URI#FILE_NAME`` (the member's name inside the shard); a plain image file's
+uri is its path, ``#`` and all (:func:`detbatch.metrics.pairing.shard_member` tells them apart).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 
 from detbatch import storage
 from detbatch.errors import InputError
-from detbatch.metrics.pairing import normalize_name, relative_name
+from detbatch.metrics.coco_json import InvalidCocoError, check_ids, json_ids
+from detbatch.metrics.pairing import SHARD_EXTENSIONS, normalize_name, relative_name
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
-SHARD_EXTENSIONS = {"tar": ".tar", "parquet": ".parquet"}
 
 
 def derived_image_id(uri: str) -> int:
@@ -55,7 +56,7 @@ class InputListing:
 
     def relative_name(self, uri: str) -> str:
         """``uri``'s name below the listing's root, as a manifest's ``file_name`` gives it."""
-        return relative_name(uri, self.root)
+        return relative_name(uri, self.root, self.kind)
 
 
 def _digest(items: Any) -> str:
@@ -98,8 +99,7 @@ def list_input(uri: str, format: str = "auto") -> InputListing:
 
     by_kind = {
         "images": [p for p in paths if _extension(p) in IMAGE_EXTENSIONS],
-        "tar": [p for p in paths if _extension(p) == ".tar"],
-        "parquet": [p for p in paths if _extension(p) == ".parquet"],
+        **{kind: [p for p in paths if _extension(p) == ext] for kind, ext in SHARD_EXTENSIONS.items()},
     }
     if format == "auto":
         present = [k for k, v in by_kind.items() if v]
@@ -126,7 +126,12 @@ def list_input(uri: str, format: str = "auto") -> InputListing:
 
 
 def load_manifest(uri: str) -> dict[str, int]:
-    """``file_name -> image_id`` from a COCO JSON's ``images``."""
+    """``file_name -> image_id`` from a COCO JSON's ``images`` (``file_name`` normalized as pairing does).
+
+    Refused, naming the entry: an image without an integer ``id`` or a ``file_name``, two images with one
+    id, two entries for one file (a later entry would silently win, and the run's ids disagree with the
+    ground truth's).
+    """
     try:
         coco = json.loads(storage.read_text(uri))
     except FileNotFoundError:
@@ -135,7 +140,33 @@ def load_manifest(uri: str) -> dict[str, int]:
         raise InputError(f"manifest {uri} is not valid JSON: {e}") from None
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise InputError(f"manifest {uri} is not a COCO JSON (no 'images' list)")
-    return {normalize_name(str(im["file_name"])): int(im["id"]) for im in coco["images"]}
+    images = coco["images"]
+    given = [im.get("file_name") if isinstance(im, dict) else None for im in images]
+    try:
+        ids, has_id = json_ids("images", images, [str(f) for f in given])
+        check_ids("images", ids, has_id, [str(f) for f in given])
+        return _manifest_ids(ids.tolist(), given)
+    except InvalidCocoError as e:
+        raise InputError(f"manifest {uri}: {e}") from None
+
+
+def _manifest_ids(ids: list[int], file_names: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for i, (image_id, file_name) in enumerate(zip(ids, file_names)):
+        if file_name is None:
+            raise InvalidCocoError(
+                f"images[{i}] (id {image_id}) has no file_name; give every image the file_name of its file, "
+                f"relative to the input root"
+            )
+        name = normalize_name(str(file_name))
+        if name in first:
+            raise InvalidCocoError(
+                f"images[{first[name]}] (id {ids[first[name]]}) and images[{i}] (id {image_id}) are both file "
+                f"{name!r}; list each file once"
+            )
+        first[name], out[name] = i, image_id
+    return out
 
 
 def plan_units(

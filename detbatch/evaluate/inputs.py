@@ -14,7 +14,7 @@ import numpy as np
 from detbatch import storage
 from detbatch.errors import InputError
 from detbatch.metrics.coco import Detections, GroundTruth
-from detbatch.metrics.coco_json import CocoDataset, NotCocoError, read_coco_json
+from detbatch.metrics.coco_json import CocoDataset, InvalidCocoError, NotCocoError, read_coco_json
 from detbatch.metrics.pairing import pair_file_names
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,8 @@ DETECTION_COLUMNS = ("image_id", "category_id", "score", "x_min", "y_min", "x_ma
 
 
 def load_ground_truth(uri: str) -> CocoDataset:
+    """The COCO ground truth at ``uri``; raises :class:`InputError` naming ``uri`` for a file that is not
+    COCO, or holds an entry that cannot be evaluated (docs/evaluate.md, "Ground truth: what is checked")."""
     storage.check_readable(uri)
     try:
         return read_coco_json(storage.read_bytes(uri))
@@ -31,6 +33,8 @@ def load_ground_truth(uri: str) -> CocoDataset:
             f"{uri}: not COCO ground truth: {e}; --ground-truth takes a COCO instances JSON "
             f"(e.g. annotations/instances_val2017.json)"
         ) from e
+    except InvalidCocoError as e:
+        raise InputError(f"{uri}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,8 @@ def pair_images(run: Run, coco_ds: CocoDataset, gt: GroundTruth, pair_by: str) -
         gt_names = [files[i] for i in gt.image_ids.tolist()]
         run_input = (run.info or {}).get("input") or {}
         root = run_input.get("root") or run_input.get("uri")  # detect records the listing root
-        result = pair_file_names(images.column("uri").to_pylist(), root, gt_names)
+        # and the input kind (None in a run.json from before it did: shard members are told by their uri)
+        result = pair_file_names(images.column("uri").to_pylist(), root, gt_names, run_input.get("kind"))
         paired = result.gt_index >= 0
         order = np.argsort(run_image[paired])
         run_ids, gt_ids = run_image[paired][order], gt.image_ids[result.gt_index[paired]][order]

@@ -64,6 +64,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
     names = category_names(coco_ds.category_names)
     metrics = metrics_dict(config, result, names)
     metrics["pairing"] = pairing.counts | counts
+    metrics["ground_truth"] = coco_ds.counts()
     metrics["complete"] = complete
     metrics["inputs"] = {"detections": config.detections, "ground_truth": config.ground_truth, "image_set": config.image_set}
     metrics["execution"] = execution | {"seconds": round(time.perf_counter() - start, 3)}

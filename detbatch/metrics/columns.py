@@ -8,10 +8,13 @@ annotation, box or record: no Python object per row.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def _as(array: Any, dtype: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -73,29 +76,15 @@ class GroundTruth:
     def from_coco(cls, dataset: dict[str, Any]) -> GroundTruth:
         """From a COCO instances dict (``images``, ``categories``, ``annotations``).
 
-        Annotations of images or categories not listed are dropped, as pycocotools does. A missing
-        ``iscrowd`` reads as 0, a missing ``area`` as ``w * h`` (pycocotools would raise).
+        Annotations evaluation cannot use are dropped (:func:`usable_ground_truth`; pycocotools, too, leaves
+        out those of images or categories not listed). A missing ``iscrowd`` reads as 0, a missing ``area``
+        as ``w * h`` (pycocotools would raise). Raises ``KeyError`` for an image or category without ``id``
+        or an annotation without ``bbox``.
         """
-        image_ids = np.array([im["id"] for im in dataset.get("images", [])], dtype=np.int64)
-        category_ids = np.array([c["id"] for c in dataset.get("categories", [])], dtype=np.int64)
-        anns = dataset.get("annotations", [])
-        boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        area = np.array([a.get("area", np.nan) for a in anns], dtype=np.float64)
-        no_area = np.isnan(area)
-        area[no_area] = boxes[no_area, 2] * boxes[no_area, 3]
-        image_id = np.array([a["image_id"] for a in anns], dtype=np.int64)
-        category_id = np.array([a["category_id"] for a in anns], dtype=np.int64)
-        keep = np.isin(image_id, image_ids) & np.isin(category_id, category_ids)
-        return cls(
-            image_id=image_id[keep],
-            category_id=category_id[keep],
-            boxes=boxes[keep],
-            area=area[keep],
-            iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)[keep],
-            image_ids=image_ids,
-            category_ids=category_ids,
-            difficult=np.array([bool(a.get("difficult", 0)) for a in anns], dtype=bool)[keep],
-        )
+        gt, dropped = ground_truth_from_coco(dataset)
+        if any(dropped.values()):
+            logger.warning("ground truth: annotations dropped: %s", dropped)
+        return gt
 
     def select_images(self, image_ids: np.ndarray) -> GroundTruth:
         """The same ground truth restricted to ``image_ids`` (which must be among ``self.image_ids``)."""
@@ -120,6 +109,72 @@ class GroundTruth:
                 self.iscrowd[rows], self.image_ids[p::parts], self.category_ids, self.difficult[rows],
             ))  # fmt: skip
         return out
+
+
+# Why an annotation is left out of evaluation, in the order tried: each dropped annotation counts once,
+# under the first that applies. Zero-area boxes are not among them: pycocotools keeps them (they match no
+# detection, IoU 0, and count as missed), and so does detbatch.
+ANNOTATION_DROPS = (
+    "no_image_id", "unknown_image_id", "no_category_id", "unknown_category_id", "non_finite_bbox", "negative_size",
+)  # fmt: skip
+
+
+def usable_ground_truth(
+    *, image_ids: np.ndarray, category_ids: np.ndarray, image_id: np.ndarray, has_image_id: np.ndarray,
+    category_id: np.ndarray, has_category_id: np.ndarray, boxes: np.ndarray, area: np.ndarray,
+    iscrowd: np.ndarray, difficult: np.ndarray,
+) -> tuple[GroundTruth, dict[str, int]]:  # fmt: skip
+    """The :class:`GroundTruth` of the annotations evaluation can use, and how many were dropped, by reason.
+
+    Columns as :class:`GroundTruth`'s, one row per annotation of the file; ``has_image_id``,
+    ``has_category_id``: bool [G], False where the annotation has none (``image_id``/``category_id`` there
+    are ignored). Dropped, counted under :data:`ANNOTATION_DROPS`: no ``image_id``; an ``image_id`` not in
+    ``image_ids`` (pycocotools leaves those out); the same two for the category; a NaN or infinite ``bbox``
+    number; a negative width or height.
+    """
+    image_id, category_id = _as(image_id, np.int64), _as(category_id, np.int64)
+    boxes = _as(boxes, np.float64, (-1, 4))
+    has_image_id, has_category_id = _as(has_image_id, bool), _as(has_category_id, bool)
+    unknown_image = has_image_id & ~np.isin(image_id, image_ids)
+    unknown_category = has_category_id & ~np.isin(category_id, category_ids)
+    finite = np.isfinite(boxes).all(axis=1)
+    negative = finite & ((boxes[:, 2] < 0) | (boxes[:, 3] < 0))
+    dropped = np.zeros(len(image_id), dtype=bool)
+    counts = {}
+    for reason, rows in zip(ANNOTATION_DROPS, (~has_image_id, unknown_image, ~has_category_id, unknown_category, ~finite, negative)):
+        counts[reason] = int((rows & ~dropped).sum())
+        dropped |= rows
+    keep = ~dropped
+    gt = GroundTruth(
+        image_id=image_id[keep], category_id=category_id[keep], boxes=boxes[keep], area=np.asarray(area)[keep],
+        iscrowd=np.asarray(iscrowd)[keep], image_ids=image_ids, category_ids=category_ids,
+        difficult=np.asarray(difficult)[keep],
+    )  # fmt: skip
+    return gt, counts
+
+
+def ground_truth_from_coco(dataset: dict[str, Any]) -> tuple[GroundTruth, dict[str, int]]:
+    """:meth:`GroundTruth.from_coco`, and the counts of :func:`usable_ground_truth`."""
+    anns = dataset.get("annotations", [])
+    boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+    area = np.array([a.get("area", np.nan) for a in anns], dtype=np.float64)
+    no_area = np.isnan(area)
+    area[no_area] = boxes[no_area, 2] * boxes[no_area, 3]
+    image_id, has_image_id = _optional_ids([a.get("image_id") for a in anns])
+    category_id, has_category_id = _optional_ids([a.get("category_id") for a in anns])
+    return usable_ground_truth(
+        image_ids=np.array([im["id"] for im in dataset.get("images", [])], dtype=np.int64),
+        category_ids=np.array([c["id"] for c in dataset.get("categories", [])], dtype=np.int64),
+        image_id=image_id, has_image_id=has_image_id, category_id=category_id, has_category_id=has_category_id,
+        boxes=boxes, area=area, iscrowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+        difficult=np.array([bool(a.get("difficult", 0)) for a in anns], dtype=bool),
+    )  # fmt: skip
+
+
+def _optional_ids(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids (0 where None) and where they are given."""
+    has = np.array([v is not None for v in values], dtype=bool)
+    return np.array([0 if v is None else v for v in values], dtype=np.int64), has
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 When the detect run read a COCO manifest, its ``image_id`` is the ground-truth id and nothing is needed
 here. Otherwise a run image is named by its URI; the rule (docs/evaluate.md):
 
-1. its name is the URI relative to the run's input root (``run.json`` ``input.uri``); for a shard
-   member (``SHARD_URI#member``) it is the member name;
+1. its name is the URI relative to the run's input root (``run.json`` ``input.root``, else ``input.uri``);
+   for a shard member (``SHARD_URI#member``, :func:`shard_member`) it is the member name;
 2. exact match: the name equals a ground-truth ``file_name`` (both with ``\\`` as ``/`` and without a
    leading ``./`` or ``/``);
 3. otherwise, basename match: the name's last path component equals the basename of exactly one
@@ -32,10 +32,32 @@ def normalize_name(name: str) -> str:
     return name.lstrip("/")
 
 
-def relative_name(uri: str, root: str | None) -> str:
-    """The name of a run image: member name for ``SHARD#member``, else ``uri`` relative to ``root``."""
-    if "#" in uri:
-        return normalize_name(uri.split("#", 1)[1])
+# The input kinds that are shards, and the extension of their files (any case). detect.read gives a shard
+# member the uri ``SHARD_URI#MEMBER``; a plain image file's uri is its path, and a '#' in it is part of the
+# name, so a uri is a member only where '#' follows a shard's extension.
+SHARD_EXTENSIONS = {"tar": ".tar", "parquet": ".parquet"}
+
+
+def shard_member(uri: str, kind: str | None = None) -> str | None:
+    """The member name of a shard member's uri ``SHARD_URI#MEMBER``, else None.
+
+    ``kind`` is the input kind (``images``, ``tar``, ``parquet``; ``run.json`` ``input.kind``), or None
+    when unknown: a uri is a member where ``.tar#`` or ``.parquet#`` (any case) first occurs in it, and
+    never for ``images``, whose uris are plain paths (``x.tar#y.jpg`` is a file of that name there).
+    """
+    if kind == "images":
+        return None
+    lower = uri.lower()
+    cuts = [at + len(ext) for ext in SHARD_EXTENSIONS.values() if (at := lower.find(ext + "#")) >= 0]
+    return uri[min(cuts) + 1 :] if cuts else None
+
+
+def relative_name(uri: str, root: str | None, kind: str | None = None) -> str:
+    """The name of a run image: the member name of a shard member (:func:`shard_member`), else ``uri``
+    relative to ``root``."""
+    member = shard_member(uri, kind)
+    if member is not None:
+        return normalize_name(member)
     if root:
         prefix = root.rstrip("/") + "/"
         if uri.startswith(prefix):
@@ -59,9 +81,12 @@ class FileNamePairing:
     ambiguous: int
 
 
-def pair_file_names(run_uris: list[str], root: str | None, gt_file_names: list[str]) -> FileNamePairing:
-    """Pair run image URIs with ground-truth file names by the rule of this module."""
-    names = [relative_name(u, root) for u in run_uris]
+def pair_file_names(
+    run_uris: list[str], root: str | None, gt_file_names: list[str], kind: str | None = None
+) -> FileNamePairing:
+    """Pair run image URIs with ground-truth file names by the rule of this module (``kind``: the run's
+    input kind, None if unknown; see :func:`shard_member`)."""
+    names = [relative_name(u, root, kind) for u in run_uris]
     gt_names = [normalize_name(f) for f in gt_file_names]
     by_name: dict[str, int] = {}
     for i, f in enumerate(gt_names):

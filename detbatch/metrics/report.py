@@ -36,9 +36,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _flat(counts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"a": {"b": 1}}`` as ``[("a.b", 1)]``."""
+    out = []
+    for k, v in counts.items():
+        out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+    return out
+
+
 def report_markdown(metrics: dict[str, Any]) -> str:
-    """report.md: the summary, the pairing counts, and the per-category table sorted by AP (descending;
-    categories without ground truth last)."""
+    """report.md: the summary, the pairing and ground-truth counts, and the per-category table sorted by AP
+    (descending; categories without ground truth last)."""
     voc = metrics.get("metric") == "voc"
     inputs = metrics.get("inputs", {})
     out = [
@@ -59,6 +67,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         "| --- | --- |",
         *(f"| {k} | {v} |" for k, v in metrics.get("pairing", {}).items()),
         "",
+        *(["## Ground truth", "", "| count | value |", "| --- | --- |",
+           *(f"| {k} | {v} |" for k, v in _flat(metrics["ground_truth"])), ""] if "ground_truth" in metrics else []),
         "## Per category",
         "",
     ]

@@ -1,5 +1,7 @@
 """Listing the input and planning units: order, globs, clear errors, the digest, image ids."""
 
+import json
+
 import pytest
 
 from detbatch.detect import units
@@ -48,3 +50,38 @@ def test_units_take_ids_from_manifest(image_dir):
     assert [len(u["uris"]) for u in planned] == [2, 1]
     assert planned[0]["image_ids"][1] == 7
     assert planned[0]["image_ids"][0] == units.derived_image_id(listing.uris[0])
+
+
+def _manifest(tmp_path, images):
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        ([{"id": 1, "file_name": "a.png"}, {"file_name": "b.png"}], r"images\[1\] \(file_name 'b.png'\) has no id"),
+        ([{"id": 3, "file_name": "a.png"}, {"id": 3, "file_name": "b.png"}], r"images\[0\] \('a.png'\) and images\[1\] \('b.png'\) have the same id 3"),
+        ([{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "./a.png"}], r"images\[0\] \(id 1\) and images\[1\] \(id 2\) are both file 'a.png'; list each file once"),
+        ([{"id": 1}], r"images\[0\] \(id 1\) has no file_name"),
+        ([{"id": "x1", "file_name": "a.png"}], r"images\[0\] \(file_name 'a.png'\) has id 'x1', not an integer"),
+    ],
+    ids=["no_id", "one_id_two_files", "one_file_twice", "no_file_name", "id_not_an_integer"],
+)
+def test_manifest_refuses_what_cannot_give_ids(tmp_path, images, match):
+    """Before: a missing id was a KeyError, and two files with one id (or one file twice) were accepted,
+    the later entry silently winning."""
+    uri = _manifest(tmp_path, images)
+    with pytest.raises(units.InputError, match=rf"^manifest {uri}: {match}"):
+        units.load_manifest(uri)
+
+
+def test_a_plain_file_with_a_hash_takes_its_manifest_id(image_dir, tmp_path):
+    """``a#b.png`` is a file of that name, not member ``b.png`` of a shard: it gets its own manifest id."""
+    (image_dir / "a#b.png").write_bytes(png_bytes())
+    listing = units.list_input(str(image_dir))
+    assert [listing.relative_name(u) for u in listing.uris] == ["a#b.png", "a.png", "b.png", "sub/c.PNG"]
+    manifest = units.load_manifest(_manifest(tmp_path, [{"id": 5, "file_name": "a#b.png"}, {"id": 6, "file_name": "b.png"}]))
+    planned = units.plan_units(listing, 10, manifest)
+    assert planned[0]["image_ids"][:3] == [5, units.derived_image_id(listing.uris[1]), 6]

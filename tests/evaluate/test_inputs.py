@@ -150,3 +150,61 @@ def test_unfinished_run_is_refused_unless_allowed(tmp_path):
     assert_equals_pycocotools(metrics, dataset, dt)
     finished = run_evaluate(EvaluateConfig(**{**config, "detections": setup_run(str(tmp_path / "b"))[3]}))
     assert finished["complete"] is True
+
+
+def test_ground_truth_drops_are_counted_in_metrics(tmp_path):
+    """Annotations evaluation cannot use are dropped, counted by reason in metrics.json and report.md;
+    the rest equals pycocotools on the ground truth without them."""
+    dataset, dt = adversarial_coco(7)
+    clean = json.loads(json.dumps(dataset))
+    image = dataset["images"][0]["id"]
+    bad = [
+        {"category_id": 0, "bbox": [0, 0, 4, 4]},
+        {"image_id": 123456789, "category_id": dataset["categories"][0]["id"], "bbox": [0, 0, 4, 4]},
+        {"image_id": image, "category_id": dataset["categories"][0]["id"], "bbox": [float("nan"), 0, 4, 4]},
+        {"image_id": image, "category_id": dataset["categories"][0]["id"], "bbox": [0, 0, -4, 4]},
+    ]
+    dataset["annotations"] += [{"id": 10**6 + i, "iscrowd": 0, "area": 16.0, **a} for i, a in enumerate(bad)]
+    gt_uri = str(tmp_path / "gt.json")
+    Path(gt_uri).write_text(json.dumps(dataset))
+    images = [{"image_id": im["id"], "uri": f"/in/{im['file_name']}"} for im in dataset["images"]]
+    write_detect_output(str(tmp_path / "run"), dt, images, input_uri="/in", manifest=gt_uri)
+    metrics = run_evaluate(EvaluateConfig(detections=str(tmp_path / "run"), ground_truth=gt_uri, out=str(tmp_path / "e")))
+    dropped = metrics["ground_truth"]["annotations_dropped"]
+    assert dropped == {"no_image_id": 1, "unknown_image_id": 1, "no_category_id": 0, "unknown_category_id": 0,
+                       "non_finite_bbox": 1, "negative_size": 1}  # fmt: skip
+    assert metrics["ground_truth"]["annotations"] == len(clean["annotations"])
+    assert "| annotations_dropped.negative_size | 1 |" in (tmp_path / "e" / "report.md").read_text()
+    assert_equals_pycocotools(metrics, clean, dt)
+
+
+def test_ground_truth_that_cannot_be_used_names_the_file_and_entry(tmp_path):
+    dataset, _, gt_uri, run = setup_run(str(tmp_path))
+    dataset["images"][3].pop("id")
+    Path(gt_uri).write_text(json.dumps(dataset))
+    with pytest.raises(InputError, match=rf"^{gt_uri}: images\[3\] \(file_name '[^']+'\) has no id"):
+        run_evaluate(EvaluateConfig(detections=run, ground_truth=gt_uri, out=str(tmp_path / "e")))
+
+
+@pytest.mark.parametrize("kind", ["images", None])  # None: a run.json that does not record the input kind
+def test_file_name_pairing_of_plain_files_with_a_hash(tmp_path, kind):
+    """A plain file's '#' is part of its name (only a shard member's uri is SHARD.tar#MEMBER)."""
+    dataset, dt = adversarial_coco(4)
+    for im in dataset["images"]:
+        im["file_name"] = f"set#{im['id'] % 3}/{im['id']}#x.jpg"
+    root = "/data/in#1"
+    run_ids = {im["id"]: uri_hash(f"{root}/{im['file_name']}") for im in dataset["images"]}
+    known = np.isin(dt.image_id, list(run_ids))
+    dt = dt.take(known)
+    run_dt = Detections(np.array([run_ids[int(i)] for i in dt.image_id]), dt.category_id, dt.score, dt.boxes)
+    images = [{"image_id": run_ids[im["id"]], "uri": f"{root}/{im['file_name']}"} for im in dataset["images"]]
+    gt_uri = str(tmp_path / "gt.json")
+    Path(gt_uri).write_text(json.dumps(dataset))
+    run = str(tmp_path / "run")
+    write_detect_output(run, run_dt, images, input_uri=root, manifest=None)
+    info = json.loads(Path(run, "run.json").read_text())
+    info["input"] |= {"kind": kind} if kind else {}
+    Path(run, "run.json").write_text(json.dumps(info))
+    metrics = run_evaluate(EvaluateConfig(detections=run, ground_truth=gt_uri, out=str(tmp_path / "e")))
+    assert metrics["pairing"]["paired_by_exact_name"] == len(dataset["images"])
+    assert_equals_pycocotools(metrics, dataset, dt)
