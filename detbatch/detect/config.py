@@ -12,6 +12,13 @@ from pydantic import Field, field_validator
 
 from detbatch.config import ConfigError, RayConfig, Section
 
+# Default caps on one input image, checked before it is decoded (docs/data.md, "Caps"). 100 Mpx is past
+# any camera's full-resolution frame short of medium format, and decodes to 300 MB of RGB; Pillow itself
+# only warns from ~89 Mpx and refuses from ~179 Mpx. 256 MiB is past any JPEG or PNG of that many pixels;
+# without a cap one huge file is read whole into a task's memory.
+MAX_PIXELS = 100_000_000
+MAX_BYTES = 256 * 2**20
+
 
 class InputConfig(Section):
     uri: str | None = None
@@ -24,6 +31,12 @@ class InputConfig(Section):
     Default: ``output.rows_per_file``, so that one unit's decoded images reach the pool as one call.
     Ray Data cuts a task's output into blocks of up to 128 MiB and hands an actor whole blocks, so a
     unit larger than a call makes one actor take several calls while others wait."""
+    max_pixels: int | None = Field(MAX_PIXELS, ge=1)
+    """Largest image (width × height, from the file's header) that is decoded; a larger one is an error
+    row naming its size. ``null``: no cap but Pillow's own (~179 Mpx, also an error row)."""
+    max_bytes: int | None = Field(MAX_BYTES, ge=1)
+    """Largest image file (or tar member, or Parquet value) that is read, known from the listing, the tar
+    header or the value's length; a larger one is an error row naming its size. ``null``: no cap."""
 
 
 class OutputConfig(Section):

@@ -1,25 +1,101 @@
 """Decode stage: encoded image bytes -> RGB pixels, on CPU, one Ray task per batch.
 
-A row that cannot be decoded (corrupt, truncated, empty, not an image, unreadable) keeps flowing with
-``status="error"`` and a message, so that it is recorded in the output instead of stopping the job.
+A row that cannot be decoded (corrupt, truncated, empty, not an image, unreadable, over
+``input.max_pixels``) keeps flowing with ``status="error"`` and a message, so that it is recorded in the
+output instead of stopping the job.
 
 Pixels travel as raw bytes (``pixels``: uint8, H×W×3, row-major) with ``width``/``height`` beside
 them: a plain Arrow binary column, no tensor extension types. EXIF orientation is *not* applied,
-matching torchvision.io and COCO, whose boxes refer to the stored pixel grid.
+matching torchvision.io and COCO, whose boxes refer to the stored pixel grid. How each PIL pixel mode
+becomes 8-bit RGB (16-bit, float, alpha, palettes, CMYK, animations) is :func:`rgb_pixels`, and
+docs/data.md ("Pixels").
 """
 
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from detbatch.detect.read import ROW_ID_FIELDS
 
+if TYPE_CHECKING:
+    from PIL import Image
 
-def decode_image(data: bytes | None) -> tuple[np.ndarray | None, str | None]:
-    """``(H×W×3 uint8 array, None)`` or ``(None, reason)``."""
+# Where a pixel is (partly) transparent its colour is blended with this one, as browsers and most
+# viewers show such images on a white page. The colour stored under a transparent pixel is arbitrary
+# (often black, or whatever was erased) and must not reach the detector as if it were visible.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+# Modes with an alpha channel (La and RGBa are premultiplied; PIL's RGBA conversion undoes that).
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Modes whose transparency is a palette entry or one colour key in ``info["transparency"]`` (GIF, PNG tRNS).
+_KEYED_MODES = frozenset({"P", "L", "RGB"})
+# One 16-bit (or 32-bit integer) grey channel: 16-bit PNGs and TIFFs.
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def rgb_pixels(img: "Image.Image") -> np.ndarray:
+    """A loaded PIL image (its current frame) -> uint8 H×W×3 RGB, C-contiguous.
+
+    - alpha (``RGBA``, ``LA``, ``PA``; ``P``/``L``/``RGB`` with a ``transparency`` key): composited on
+      :data:`ALPHA_BACKGROUND`, ``out = round((c·a + bg·(255 - a)) / 255)``;
+    - 16-bit grey (``I;16``, ``I;16B``, ...): ``v >> 8``, the high byte, which is what Pillow itself keeps
+      of 16-bit RGB PNGs, so grey and colour 16-bit files darken alike; ``I`` (32-bit) is clipped to
+      0..65535 first;
+    - float (``F``): ``round(v · 255)`` when every finite value is in [0, 1], else min-max stretched to
+      0..255 (a constant image outside [0, 1]: 0); NaN and ±inf become 0;
+    - everything else (``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ...): PIL's conversion to RGB.
+    """
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return np.asarray(img)  # the common case: no conversion, no copy beyond PIL's own
+    if mode in _ALPHA_MODES or (mode in _KEYED_MODES and "transparency" in img.info):
+        return _composite(np.asarray(img.convert("RGBA")))
+    if mode in _WIDE_GREY_MODES:
+        return _grey_to_rgb((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
+    if mode == "F":
+        return _grey_to_rgb(_float_to_uint8(np.asarray(img)))
+    return np.asarray(img.convert("RGB"))
+
+
+def _composite(rgba: np.ndarray) -> np.ndarray:
+    """uint8 H×W×4 -> H×W×3 on :data:`ALPHA_BACKGROUND`, rounded to nearest (uint16 holds 255·255 + 127)."""
+    alpha = rgba[..., 3:]
+    if alpha.min() == 255:  # an alpha channel that hides nothing (common in screenshots): skip the maths
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha.astype(np.uint16)
+    blended = rgba[..., :3] * a + np.asarray(ALPHA_BACKGROUND, np.uint16) * (255 - a)
+    return ((blended + 127) // 255).astype(np.uint8)
+
+
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Float grey -> uint8 by the rule in :func:`rgb_pixels`."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, np.uint8)
+    lo, hi = float(values[finite].min()), float(values[finite].max())
+    if 0.0 <= lo and hi <= 1.0:
+        scaled = values * 255.0
+    elif hi > lo:
+        scaled = (values - lo) * (255.0 / (hi - lo))
+    else:
+        scaled = np.zeros(values.shape, np.float32)
+    return np.where(finite, np.rint(scaled), 0).astype(np.uint8)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def decode_image(data: bytes | None, max_pixels: int | None = None) -> tuple[np.ndarray | None, str | None]:
+    """``(H×W×3 uint8 array, None)`` or ``(None, reason)``; the first frame of an animation.
+
+    ``max_pixels``: images whose width × height, read from the header before anything is decoded, is
+    larger are refused (``input.max_pixels``); None: no cap but Pillow's own (~179 Mpx).
+    """
     from PIL import Image, UnidentifiedImageError
 
     if data is None:
@@ -27,24 +103,33 @@ def decode_image(data: bytes | None) -> tuple[np.ndarray | None, str | None]:
     if len(data) == 0:
         return None, "empty file"
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                return None, f"image of {width}x{height} = {width * height} pixels exceeds input.max_pixels={max_pixels}"
             img.load()  # decode now: a truncated file fails here, not later in the detector
-            rgb = img.convert("RGB")
-        return np.asarray(rgb), None
+            try:
+                return rgb_pixels(img), None
+            except ValueError as e:  # PIL knows no conversion of this mode to RGB
+                return None, f"unsupported pixel mode {img.mode}: {e}"
     except UnidentifiedImageError:
         return None, "not an image (unrecognised format)"
     except Image.DecompressionBombError as e:
         return None, f"image too large: {e}"
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         return None, f"corrupt image: {e}"
+    except Exception as e:  # a crafted file makes some plugins raise anything (struct.error, IndexError):
+        return None, f"corrupt image: {type(e).__name__}: {e}"  # still this image's failure, not the job's
 
 
-def decode_sample(data: bytes | None, error: str | None) -> tuple[np.ndarray | None, str | None]:
+def decode_sample(
+    data: bytes | None, error: str | None, max_pixels: int | None = None
+) -> tuple[np.ndarray | None, str | None]:
     """A read sample (its bytes, or the reason they could not be read) -> ``(H×W×3 uint8 array, None)``,
     or ``(None, reason)``: the read's reason when there is one, else the decoder's (:func:`decode_image`)."""
     if error is not None:
         return None, error
-    return decode_image(data)
+    return decode_image(data, max_pixels)
 
 
 # Rows of the decode stage: the read row's id columns, then the pixels (see the module docstring); an
@@ -55,19 +140,20 @@ DECODED_SCHEMA = pa.schema(
 )
 
 
-def decode_batch(batch: dict[str, np.ndarray]) -> pa.Table:
-    """Ray Data batch of read rows (``data``, ``error``, ...) -> rows of :data:`DECODED_SCHEMA`."""
+def decode_batch(batch: dict[str, np.ndarray], max_pixels: int | None = None) -> pa.Table:
+    """Ray Data batch of read rows (``data``, ``error``, ...) -> rows of :data:`DECODED_SCHEMA`.
+    ``max_pixels``: see :func:`decode_image`."""
     n = len(batch["uri"])
     pixels, widths, heights, status, errors = [], np.zeros(n, np.int32), np.zeros(n, np.int32), [], []
     for i in range(n):
-        array, error = decode_sample(batch["data"][i], batch["error"][i])
+        array, error = decode_sample(batch["data"][i], batch["error"][i], max_pixels)
         if array is None:
             pixels.append(b"")
             status.append("error")
             errors.append(error)
         else:
             heights[i], widths[i] = array.shape[:2]
-            pixels.append(array.tobytes())
+            pixels.append(array.data)  # Arrow copies the buffer once; tobytes() would copy it twice
             status.append("ok")
             errors.append(None)
     columns = {f.name: batch[f.name] for f in ROW_ID_FIELDS}

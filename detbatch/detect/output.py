@@ -154,6 +154,8 @@ def fingerprint(config: DetectConfig) -> dict[str, Any]:
         "manifest": config.input.manifest,
         "manifest_sha256": _sha256(config.input.manifest) if config.input.manifest else None,
         "images_per_unit": config.input.images_per_unit,
+        "max_pixels": config.input.max_pixels,
+        "max_bytes": config.input.max_bytes,
         "model": config.model.name,
         "weights": config.model.weights,
         "weights_resolved": spec.weights,

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from detbatch import storage
 from detbatch.config import ConfigError
+from detbatch.detect.config import MAX_BYTES, MAX_PIXELS
 from detbatch.detect.decode import decode_sample
 from detbatch.detect.read import read_file, shard_samples
 from detbatch.training.samples import clean_annotations, is_validation, parse_annotations
@@ -176,12 +177,19 @@ def _load_shards(shards: str, role: str) -> DataSource:
 
 
 def build_dataset(
-    source: DataSource, split: Split, category_ids: list[int], seed: int, val_fraction: float, read_cpus: float
+    source: DataSource, split: Split, category_ids: list[int], seed: int, val_fraction: float, read_cpus: float,
+    max_pixels: int | None = MAX_PIXELS, max_bytes: int | None = MAX_BYTES,
 ) -> "ray.data.Dataset":
-    """A Dataset of :data:`TRAINING_SAMPLE_SCHEMA` rows: the ``split`` of ``source`` (``all``: every image)."""
+    """A Dataset of :data:`TRAINING_SAMPLE_SCHEMA` rows: the ``split`` of ``source`` (``all``: every image).
+
+    ``max_pixels``, ``max_bytes``: detect's caps on one image (``input.max_pixels``, ``input.max_bytes``,
+    docs/data.md), same defaults; an image over them is an error row. An image file's size is checked once
+    it is read (a COCO JSON gives no sizes, and asking the store would double the requests).
+    """
     import ray.data
 
-    kwargs = {"category_ids": list(category_ids), "split": split, "seed": seed, "val_fraction": val_fraction}
+    kwargs = {"category_ids": list(category_ids), "split": split, "seed": seed, "val_fraction": val_fraction,
+              "max_pixels": max_pixels, "max_bytes": max_bytes}
     if source.kind == "images":
         items = [it for it in source.items if _in_split(it["image_id"], split, seed, val_fraction)]
         if not items:
@@ -214,40 +222,43 @@ def _in_split(image_id: int, split: Split, seed: int, val_fraction: float) -> bo
 
 
 def read_image_files(batch: dict[str, np.ndarray], **kwargs: Any) -> pa.Table:
-    """Read, decode and clean a batch of image items (``image_id``, ``uri``, ``annotations``)."""
+    """Read, decode and clean a batch of image items (``image_id``, ``uri``, ``annotations``).
+    ``kwargs``: :func:`build_dataset`'s (``max_pixels`` and ``max_bytes`` default to detect's defaults)."""
     uris = [str(u) for u in batch["uri"]]
+    max_bytes = kwargs.get("max_bytes", MAX_BYTES)
     with ThreadPoolExecutor(min(_READ_THREADS, len(uris))) as pool:
-        reads = list(pool.map(read_file, uris))
+        reads = list(pool.map(lambda uri: read_file(uri, max_bytes), uris))
     samples = [
         (uri, int(image_id), data, error, annotations_json)
         for uri, image_id, (data, error), annotations_json in zip(uris, batch["image_id"], reads, batch["annotations"])
     ]
-    return sample_table(samples, kwargs["category_ids"])
+    return sample_table(samples, kwargs["category_ids"], kwargs.get("max_pixels", MAX_PIXELS))
 
 
 def read_shards(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[pa.Table]:
     """Read, decode and clean the images of a batch of shards, in blocks of :data:`ROWS_PER_BLOCK`."""
     split, seed, fraction = kwargs["split"], kwargs["seed"], kwargs["val_fraction"]
     pending: list[EncodedSample] = []
+    max_pixels = kwargs.get("max_pixels", MAX_PIXELS)
     for shard in batch["uri"]:
-        for sample in _shard_samples(str(shard)):
+        for sample in _shard_samples(str(shard), kwargs.get("max_bytes", MAX_BYTES)):
             image_id = sample[1]
             # Unreadable samples (no image_id) are counted once, in the training split.
             if (image_id < 0 and split == "val") or (image_id >= 0 and not _in_split(image_id, split, seed, fraction)):
                 continue
             pending.append(sample)
             if len(pending) == ROWS_PER_BLOCK:
-                yield sample_table(pending, kwargs["category_ids"])
+                yield sample_table(pending, kwargs["category_ids"], max_pixels)
                 pending = []
     if pending:
-        yield sample_table(pending, kwargs["category_ids"])
+        yield sample_table(pending, kwargs["category_ids"], max_pixels)
 
 
-def _shard_samples(shard: str) -> Iterator[EncodedSample]:
+def _shard_samples(shard: str, max_bytes: int | None = MAX_BYTES) -> Iterator[EncodedSample]:
     """The samples of a shard made by ``detbatch prepare --annotations``: its tar samples' ``KEY.json``
     or its Parquet rows carry ``image_id`` and ``annotations``. Without an ``image_id``, ``-1``."""
     kind = "tar" if shard.endswith(".tar") else "parquet"
-    for s in shard_samples(shard, kind, columns=("annotations",), batch_size=ROWS_PER_BLOCK):
+    for s in shard_samples(shard, kind, columns=("annotations",), batch_size=ROWS_PER_BLOCK, max_bytes=max_bytes):
         annotations_json = s.meta.get("annotations")  # Parquet: the column's JSON text
         if s.error is not None:
             annotations_json = None
@@ -256,8 +267,9 @@ def _shard_samples(shard: str) -> Iterator[EncodedSample]:
         yield s.uri, -1 if s.image_id is None else s.image_id, s.data, s.error, annotations_json
 
 
-def sample_table(samples: list[EncodedSample], category_ids: list[int]) -> pa.Table:
+def sample_table(samples: list[EncodedSample], category_ids: list[int], max_pixels: int | None = MAX_PIXELS) -> pa.Table:
     """Decode and clean ``samples`` -> a :data:`TRAINING_SAMPLE_SCHEMA` table, a row per sample.
+    ``max_pixels``: see :func:`detbatch.detect.decode.decode_image`.
 
     A sample that cannot be read, decoded or used (no ``image_id``, annotations that are not JSON) is a
     row with empty ``pixels``, no annotations and ``error`` saying why.
@@ -265,7 +277,7 @@ def sample_table(samples: list[EncodedSample], category_ids: list[int]) -> pa.Ta
     ids = np.asarray(sorted(category_ids), dtype=np.int64)
     columns: dict[str, list[Any]] = {name: [] for name in TRAINING_SAMPLE_SCHEMA.names}
     for uri, image_id, data, error, annotations_json in samples:
-        pixels, error = decode_sample(data, error)
+        pixels, error = decode_sample(data, error, max_pixels)
         if error is None and image_id < 0:
             pixels, error = None, "no image_id in the shard (make shards with --annotations)"
         if pixels is None:

@@ -1,13 +1,36 @@
 """Decoding: bytes -> RGB pixels, or an error row with the reason."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from detbatch.detect.decode import decode_batch, decode_image, decode_sample
+from detbatch.detect.decode import ALPHA_BACKGROUND, decode_batch, decode_image, decode_sample, rgb_pixels
 from tests.helpers.images import png_bytes
+
+
+def _encoded(img: Image.Image, format: str = "PNG", **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=format, **save)
+    return buf.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG of just a signature, an 8-bit grey IHDR of that size, and IEND: no pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    array, error = decode_image(data)
+    assert error is None, error
+    assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
+    return array
 
 
 @pytest.mark.parametrize(
@@ -32,15 +55,138 @@ def test_decode_converts_to_rgb(mode, color):
     assert error is None and array.shape == (5, 7, 3) and array.dtype == np.uint8
 
 
+# 16-bit grey keeps its high byte (v >> 8): 257·k -> k, as Pillow keeps of 16-bit RGB PNGs.
+SIXTEEN_BIT = np.array([[0, 255, 256, 257 * 100, 32768, 65535]], np.uint16)
+SIXTEEN_BIT_AS_8 = np.array([[0, 0, 1, 100, 128, 255]], np.uint8)
+
+
+@pytest.mark.parametrize("mode, format", [("I;16", "PNG"), ("I;16", "TIFF"), ("I;16B", "TIFF"), ("I", "TIFF")])
+def test_16_bit_grey_scales_to_8_bits(mode, format):
+    if mode == "I;16B":
+        img = Image.frombytes(mode, (6, 1), SIXTEEN_BIT.astype(">u2").tobytes())
+    else:
+        img = Image.fromarray(SIXTEEN_BIT.astype(np.int32 if mode == "I" else np.uint16))
+    data = _encoded(img, format)
+    assert Image.open(io.BytesIO(data)).mode == mode  # the file really is in that mode
+    array = _decoded(data)
+    assert (array == SIXTEEN_BIT_AS_8[..., None]).all()  # grey: R = G = B
+
+
+def test_32_bit_integers_are_clipped_to_16_bits_first():
+    img = Image.fromarray(np.array([[-5, 70000, 65535, 25600]], np.int32))
+    assert rgb_pixels(img)[0, :, 0].tolist() == [0, 255, 255, 100]
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.0, 0.25, 0.5, 1.0], [0, 64, 128, 255]),  # within [0, 1]: v · 255, rounded
+    ([0.0, 0.5, 2.0, 4.0], [0, 32, 128, 255]),  # beyond: min-max
+    ([-1.0, 0.0, 0.5, 1.0], [0, 128, 191, 255]),  # negative: min-max, nothing clipped away
+    ([np.nan, 0.5, np.inf, 1.0], [0, 128, 0, 255]),  # non-finite: 0, the rest by the rule
+    ([3.0, 3.0, 3.0, 3.0], [0, 0, 0, 0]),  # constant outside [0, 1]: no range to stretch
+])  # fmt: skip
+def test_float_images_follow_the_documented_rule(values, expected):
+    data = _encoded(Image.fromarray(np.array([values], np.float32)), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "F"
+    assert _decoded(data)[0, :, 0].tolist() == expected
+
+
+def _blend(color, alpha):
+    """The documented composite of one colour at ``alpha`` on ALPHA_BACKGROUND."""
+    return [round((c * alpha + b * (255 - alpha)) / 255) for c, b in zip(color, ALPHA_BACKGROUND)]
+
+
+def test_rgba_is_composited_on_the_background_not_shown_with_its_hidden_colour():
+    rgba = np.array([[[200, 10, 10, 0], [200, 10, 10, 255], [200, 10, 10, 128], [0, 0, 0, 0]]], np.uint8)
+    array = _decoded(_encoded(Image.fromarray(rgba, "RGBA")))
+    assert array[0].tolist() == [list(ALPHA_BACKGROUND), [200, 10, 10], _blend((200, 10, 10), 128), list(ALPHA_BACKGROUND)]
+    opaque = rgba.copy()
+    opaque[..., 3] = 255  # an alpha channel that hides nothing: the colours as stored
+    assert _decoded(_encoded(Image.fromarray(opaque, "RGBA")))[0].tolist() == opaque[0, :, :3].tolist()
+
+
+def test_grey_with_alpha_is_composited():
+    la = np.array([[[0, 0], [0, 255], [100, 51]]], np.uint8)
+    array = _decoded(_encoded(Image.fromarray(la, "LA")))
+    assert array[0].tolist() == [list(ALPHA_BACKGROUND), [0, 0, 0], _blend((100, 100, 100), 51)]
+
+
+def _palette_image(transparency: int | None) -> Image.Image:
+    img = Image.fromarray(np.array([[0, 1, 2]], np.uint8), "P")
+    img.putpalette([10, 20, 30, 200, 100, 50, 0, 0, 0] + [0] * (256 - 3) * 3)
+    if transparency is not None:
+        img.info["transparency"] = transparency
+    return img
+
+
+@pytest.mark.parametrize("format", ["PNG", "GIF"])
+def test_palette_images_with_and_without_a_transparent_entry(format):
+    assert _decoded(_encoded(_palette_image(None), format))[0].tolist() == [[10, 20, 30], [200, 100, 50], [0, 0, 0]]
+    data = _encoded(_palette_image(1), format, transparency=1)
+    assert _decoded(data)[0].tolist() == [[10, 20, 30], list(ALPHA_BACKGROUND), [0, 0, 0]]
+
+
+def test_palette_with_alpha_and_colour_keys_are_composited():
+    pa_img = _palette_image(None).convert("PA")  # PA: palette index + alpha (Pillow cannot save it as PNG)
+    pa_img.putalpha(Image.fromarray(np.array([[255, 0, 255]], np.uint8)))
+    assert rgb_pixels(pa_img)[0].tolist() == [[10, 20, 30], list(ALPHA_BACKGROUND), [0, 0, 0]]
+    # PNG tRNS on RGB / L: one colour is transparent
+    rgb = Image.fromarray(np.array([[[1, 2, 3], [9, 9, 9]]], np.uint8), "RGB")
+    assert _decoded(_encoded(rgb, transparency=(1, 2, 3)))[0].tolist() == [list(ALPHA_BACKGROUND), [9, 9, 9]]
+    grey = Image.fromarray(np.array([[7, 8]], np.uint8), "L")
+    assert _decoded(_encoded(grey, transparency=7))[0].tolist() == [list(ALPHA_BACKGROUND), [8, 8, 8]]
+
+
+def test_grey_bilevel_and_cmyk_convert_to_rgb():
+    grey = Image.fromarray(np.array([[0, 77, 255]], np.uint8), "L")
+    assert _decoded(_encoded(grey))[0].tolist() == [[0, 0, 0], [77, 77, 77], [255, 255, 255]]
+    bilevel = Image.fromarray(np.array([[False, True]]))
+    assert _decoded(_encoded(bilevel))[0].tolist() == [[0, 0, 0], [255, 255, 255]]
+    cmyk = Image.new("CMYK", (3, 1))
+    cmyk.putdata([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)])  # white, cyan, black
+    for format in ("JPEG", "TIFF"):
+        data = _encoded(cmyk, format, **({"quality": 100} if format == "JPEG" else {}))
+        assert Image.open(io.BytesIO(data)).mode == "CMYK"
+        got = _decoded(data)[0].astype(int)
+        assert (abs(got - [[255, 255, 255], [0, 255, 255], [0, 0, 0]]) <= 3).all(), (format, got.tolist())
+
+
+@pytest.mark.parametrize("format", ["GIF", "WEBP", "PNG"])
+def test_animations_give_their_first_frame(format):
+    frames = [Image.new("RGB", (8, 8), color) for color in ((250, 0, 0), (0, 0, 250), (0, 250, 0))]
+    data = _encoded(frames[0], format, save_all=True, append_images=frames[1:], duration=100,
+                    **({"lossless": True} if format == "WEBP" else {}))
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    array = _decoded(data)
+    assert (abs(array.astype(int) - [250, 0, 0]) <= 4).all()
+
+
+def test_pixel_cap_is_checked_from_the_header_before_decoding():
+    data = png_bytes(size=(40, 30))
+    assert decode_image(data, max_pixels=1200)[1] is None  # at the cap: fine
+    array, error = decode_image(data, max_pixels=1199)
+    assert array is None and error == "image of 40x30 = 1200 pixels exceeds input.max_pixels=1199"
+    # 57 bytes whose header claims 12000 x 10000 (120 Mpx, 360 MB decoded; under Pillow's own ~179 Mpx
+    # limit): refused from the header. There are no pixel data at all, so any attempt to decode would
+    # fail as corrupt instead.
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's warning at ~89 Mpx, from Image.open
+        array, error = decode_image(_png_header(12000, 10000), max_pixels=100_000_000)
+    assert array is None and error == "image of 12000x10000 = 120000000 pixels exceeds input.max_pixels=100000000"
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert decode_image(_png_header(12000, 10000))[1].startswith("corrupt image")
+    assert decode_sample(data, None, max_pixels=10)[1].endswith("exceeds input.max_pixels=10")
+
+
 def test_decode_batch_keeps_bad_rows():
     batch = {
-        "unit": np.array([0, 0]), "index": np.array([0, 1]), "last": np.array([False, True]),
-        "uri": np.array(["a", "b"], object), "image_id": np.array([1, 2]),
-        "data": np.array([png_bytes(size=(4, 3)), b"bad"], object), "error": np.array([None, None], object),
+        "unit": np.array([0, 0, 0]), "index": np.array([0, 1, 2]), "last": np.array([False, False, True]),
+        "uri": np.array(["a", "b", "c"], object), "image_id": np.array([1, 2, 3]),
+        "data": np.array([png_bytes(size=(4, 3)), b"bad", png_bytes(size=(40, 30))], object),
+        "error": np.array([None, None, None], object),
     }
-    table = decode_batch(batch).to_pydict()
-    assert table["status"] == ["ok", "error"] and (table["width"], table["height"]) == ([4, 0], [3, 0])
-    assert len(table["pixels"][0]) == 4 * 3 * 3 and table["error"][0] is None
+    table = decode_batch(batch, max_pixels=100).to_pydict()
+    assert table["status"] == ["ok", "error", "error"] and (table["width"], table["height"]) == ([4, 0, 0], [3, 0, 0])
+    assert table["pixels"][0] == bytes([255, 0, 0]) * 12 and table["error"][0] is None
+    assert table["error"][2] == "image of 40x30 = 1200 pixels exceeds input.max_pixels=100"
 
 
 def test_decode_sample_carries_the_read_error():

@@ -114,7 +114,7 @@ def test_tar_samples_without_an_image_or_cut_short_become_error_rows(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     rows = list(_shard_samples(str(shard)))
     assert [(r[0].rsplit("#", 1)[1], r[1], r[3]) for r in rows] == [
-        ("a.png", 7, None), ("b.?", 8, "no image member in the sample"), ("c.png", 9, None)]  # fmt: skip
+        ("a.png", 7, None), ("b.?", 8, "no image member in the sample (b.json)"), ("c.png", 9, None)]  # fmt: skip
     assert rows[0][2] == png and json.loads(rows[0][4]) == [{"bbox": [1, 2, 3, 4], "category_id": 1}]
 
     cut = tmp_path / "cut.tar"
@@ -145,3 +145,18 @@ def test_missing_image_file_is_an_error_row(tmp_path):
     items = [{"image_id": 1, "uri": str(tmp_path / "gone.png"), "annotations": "[]"}]
     (row,) = read_image_files(_batch(items), category_ids=[1]).to_pylist()
     assert row["error"].startswith("file not found") and row["pixels"] == b"" and row["bbox"] == []
+
+
+def test_read_tasks_apply_detects_caps(shapes, tmp_path):
+    items = load_source(str(shapes / "annotations.json"), None, None, "train").items[:2]
+    kwargs = {"category_ids": [1, 2, 3], "split": "all", "seed": 0, "val_fraction": 0.0}
+    rows = read_image_files(_batch(items), **kwargs, max_pixels=48 * 48 - 1).to_pylist()
+    assert [r["error"] for r in rows] == ["image of 48x48 = 2304 pixels exceeds input.max_pixels=2303"] * 2
+    assert all(r["pixels"] == b"" and r["bbox"] == [] for r in rows)
+    size = os.path.getsize(shapes / "images" / "000001.png")
+    (row, _) = read_image_files(_batch(items), **kwargs, max_bytes=size - 1).to_pylist()
+    assert row["error"] == f"file of {size} bytes exceeds input.max_bytes={size - 1}"
+    out = str(tmp_path / "tar")
+    prepare_shards(str(shapes / "images"), out, "tar", annotations=str(shapes / "annotations.json"), images_per_shard=10)
+    (table,) = read_shards(_batch(load_source(None, None, out, "train").items), **kwargs, max_bytes=size - 1)
+    assert table.to_pylist()[0]["error"] == f"image member 000001.png of {size} bytes exceeds input.max_bytes={size - 1}"
