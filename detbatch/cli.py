@@ -288,12 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Loggers that stay at INFO under -v, because their DEBUG lines hold credentials.
+QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # At DEBUG the AWS clients log every signed request, session token included: -v is for detbatch.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.INFO))
     try:
         return args.run(args)
     except RunFailed as e:  # the run started and stopped; its message says how to resume

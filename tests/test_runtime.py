@@ -1,4 +1,5 @@
-"""The environment detbatch's local Ray gives its workers (runtime.WORKER_ENV), and the memory helpers."""
+"""The environment detbatch's local Ray gives its workers (runtime.WORKER_ENV), what init_ray forwards to a
+cluster's workers (runtime.forwarded_env), and the memory helpers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import time
 import numpy as np
 import pytest
 
-from detbatch.runtime import WORKER_ENV, PrivateMemoryPeak, local_ray_env, peak_rss_mib, proc_status_mib
+from detbatch.config import ConfigError
+from detbatch.runtime import (
+    FORWARD_SECRETS_ENV,
+    WORKER_ENV,
+    PrivateMemoryPeak,
+    forwarded_env,
+    local_ray_env,
+    peak_rss_mib,
+    proc_status_mib,
+)
 
 
 def test_local_ray_env_sets_only_what_is_unset_and_restores(monkeypatch):
@@ -52,3 +62,39 @@ def test_private_memory_peak_sees_an_allocation_freed_inside_the_block():
         del block
     assert proc_status_mib("RssAnon") < before + size_mib / 2  # freed again: only a sample saw it
     assert memory.peak_mib >= before + size_mib * 0.9
+
+
+SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret", "AWS_SESSION_TOKEN": "fake-token"}
+SETTINGS = {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+            "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_PROFILE": "detbatch",
+            "DETBATCH_FAILPOINTS": "sink.between_detections_and_images"}
+
+
+@pytest.mark.parametrize("opt_in", [None, "", "0"])
+def test_forwarded_env_keeps_credentials_on_the_driver_by_default(opt_in):
+    environ = {**SECRETS, **SETTINGS, "HOME": "/home/me", "RAY_ADDRESS": "127.0.0.1:6379"}
+    if opt_in is not None:
+        environ[FORWARD_SECRETS_ENV] = opt_in
+    assert forwarded_env(environ) == SETTINGS
+
+
+def test_forwarded_env_forwards_credentials_only_when_asked():
+    assert forwarded_env({**SECRETS, **SETTINGS, FORWARD_SECRETS_ENV: "1"}) == {**SECRETS, **SETTINGS}
+    assert forwarded_env({"AWS_REGION": "eu-west-1", FORWARD_SECRETS_ENV: "1"}) == {"AWS_REGION": "eu-west-1"}
+
+
+def test_forwarded_env_reads_the_process_environment(monkeypatch):
+    for name in (*SECRETS, *SETTINGS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.delenv(FORWARD_SECRETS_ENV, raising=False)
+    assert forwarded_env() == {"AWS_REGION": "eu-west-1"}
+    monkeypatch.setenv(FORWARD_SECRETS_ENV, "1")
+    assert forwarded_env() == {"AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "fake-secret"}
+
+
+@pytest.mark.parametrize("value", ["yes", "true", " 1"])
+def test_forwarded_env_refuses_an_unclear_opt_in(value):
+    with pytest.raises(ConfigError, match=f"{FORWARD_SECRETS_ENV}='{value}': set it to 1"):
+        forwarded_env({**SECRETS, FORWARD_SECRETS_ENV: value})
