@@ -170,6 +170,9 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     try:
         config = opened.config
         if opened.finished is not None:
+            # A fenced-off writer of an earlier run may have committed a late part since: readers of the
+            # folder itself (pandas on OUTPUT/images) must find only the parts that count.
+            storage.remove(sink.read_commit_log(config.output.uri).debris)
             counts = opened.finished["counts"]
             return DetectSummary(config.output.uri, counts["images_ok"], counts["images_error"], counts["detections"],
                                  0, counts["images_ok"] + counts["images_error"], 0.0, 0.0, already_complete=True)

@@ -80,18 +80,25 @@ def _extension(path: str) -> str:
 def list_input(uri: str, format: str = "auto") -> InputListing:
     """List ``uri`` (a file, a folder/prefix, or a glob) into a sorted :class:`InputListing`."""
     fs, path = storage.resolve(uri)
-    try:
+
+    def listed() -> tuple[dict[str, Any], str]:
+        fs.invalidate_cache(path)
         if any(c in path for c in "*?["):
-            infos = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
             fixed = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
             root_path = fixed if fixed.endswith("/") else posixpath.dirname(fixed)
-        elif fs.isfile(path):
-            infos, root_path = {path: fs.info(path)}, posixpath.dirname(path)
-        elif fs.isdir(path):
-            infos, root_path = fs.find(path, detail=True), path
-        else:
-            raise InputError(f"{uri}: no such file, folder or prefix (check the URI and your credentials)")
-    except InputError:
+            return {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}, root_path
+        # info(), not isfile()/isdir(): those take any error, a 500 included, for "no such thing"
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise InputError(f"{uri}: no such file, folder or prefix (check the URI and your credentials)") from None
+        if info.get("type") == "file":
+            return {path: info}, posixpath.dirname(path)
+        return fs.find(path, detail=True), path
+
+    try:
+        infos, root_path = storage.retrying(listed, f"{uri}: list")
+    except (InputError, storage.TransientStorageError):
         raise
     except Exception as e:  # network and permission errors of every fsspec backend
         raise storage.StorageError(storage.describe_error(uri, e)) from e
