@@ -37,8 +37,9 @@ PUT_KINDS = ("503", "500", "reset", "lost_reply")
 
 
 @pytest.fixture
-def proxy(s3_endpoint, monkeypatch):
-    """A fault proxy in front of moto, with no rules yet, and this test's storage pointed at it.
+def proxy(s3_endpoint, monkeypatch, request):
+    """A fault proxy in front of moto, with no rules yet, and this test's storage pointed at it. The faults it
+    injected are the test's ``faults`` property (``--junitxml`` writes them out; docs/reliability.md quotes them).
 
     fsspec caches filesystems by their arguments, and a later proxy may get an earlier one's port: the
     cache is cleared on both sides, so ``storage.filesystem`` makes a fresh one for this proxy.
@@ -54,6 +55,7 @@ def proxy(s3_endpoint, monkeypatch):
         assert fs.endpoint_url == p.url
         yield p
         S3FileSystem.clear_instance_cache()
+    request.node.user_properties.append(("faults", p.counts()))
 
 
 @pytest.fixture

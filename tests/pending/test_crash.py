@@ -1,0 +1,179 @@
+"""Crashes of a detect writer at each failpoint of the commit, of the driver at random moments, and of
+``--overwrite`` half-way; each time a rerun converges to the clean run, row for row (local and S3).
+
+The writer that dies at a commit failpoint is :mod:`tests.helpers.writer`: the driver's opening of the
+output and the detector's real commit (``Detector`` -> ``write_parts`` -> storage), in one process without
+Ray, so that ``os._exit`` lands exactly at the failpoint, a few seconds after it starts. The driver kills
+and the ``--overwrite`` crash run the real CLI against the shared cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from detbatch import storage
+from detbatch.config import ConfigError
+from detbatch.detect.driver import run_detect
+from detbatch.detect.output import RUN_FILE, STATE_FILE, read_json
+from detbatch.detect.sink import read_commit_log
+from detbatch.faults import FAILPOINT_EXIT_CODE
+from tests.helpers.exactly_once import (
+    NUM_INPUTS,
+    ROWS_PER_FILE,
+    STORAGES,
+    assert_same_as_clean,
+    check_invariants,
+    clean_reference,
+    cli_args,
+    committed_parts,
+    config_values,
+    detect_config,
+    run_writer,
+    shared_store,
+    snapshot,
+    wait_for,
+    wait_for_idle_cluster,
+)
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+@pytest.fixture(scope="module", params=STORAGES)
+def store(request, tmp_path_factory, s3_endpoint):
+    return shared_store(request.param, tmp_path_factory, s3_endpoint)
+
+
+@pytest.fixture(scope="module")
+def clean(store, ray_cluster):
+    return clean_reference(store)
+
+
+def _part(unit: int, generation: int = 1) -> str:
+    """The pattern of unit ``unit``'s part as one call commits it (every unit of the input is one call)."""
+    return rf"{unit:08d}-0000000-{ROWS_PER_FILE:07d}-last\.g{generation:06d}\.parquet"
+
+
+_TEMP = r"\.tmp-\d+-[0-9a-f]{8}"
+_LEASE_1 = r"_detbatch/lease/0000000001\.json"
+_STATE = r"_detbatch/state\.json"
+_ATTEMPT_1 = rf"_detbatch/attempts/g000001-00000001-0000000-00000001-{ROWS_PER_FILE - 1:07d}-{ROWS_PER_FILE}\.json"
+_PAIR_0 = [f"images/{_part(0)}", f"detections/{_part(0)}"]
+# What a writer that dies at each point leaves: the parts committed, and every file there (as patterns).
+# Passes of storage.after_temporary_write (local writes): 1 the lease, 2 state.json, then three per call:
+# its attempt record (detbatch.detect.detector), its detections file, its images file.
+CRASHES = [
+    pytest.param("storage.after_temporary_write=exit@1", ("local",), 0,
+                 [rf"_detbatch/lease/\.0000000001\.json{_TEMP}"], id="temporary-of-the-lease"),
+    pytest.param("storage.after_temporary_write=exit@2", ("local",), 0,
+                 [_LEASE_1, rf"_detbatch/\.state\.json{_TEMP}"], id="temporary-of-state"),
+    pytest.param("storage.after_temporary_write=exit@8", ("local",), 1,
+                 [_LEASE_1, _STATE, *_PAIR_0, _ATTEMPT_1, f"detections/{_part(1)}", rf"images/\.{_part(1)}{_TEMP}"],
+                 id="temporary-of-a-commit"),
+    pytest.param("sink.between_detections_and_images=exit@2", STORAGES, 1,
+                 [_LEASE_1, _STATE, *_PAIR_0, _ATTEMPT_1, f"detections/{_part(1)}"], id="half-pair"),
+    pytest.param("sink.after_commit=exit@2", STORAGES, 2,
+                 [_LEASE_1, _STATE, *_PAIR_0, _ATTEMPT_1, f"images/{_part(1)}", f"detections/{_part(1)}"],
+                 id="after-commit"),
+]
+
+
+@pytest.mark.parametrize("failpoints, storages, committed, leftovers", CRASHES)
+def test_writer_dies_at_a_commit_failpoint_then_rerun_converges(store, clean, failpoints, storages, committed,
+                                                                  leftovers):
+    if store.kind not in storages:
+        pytest.skip(f"{failpoints.split('=')[0]} is a point of local writes only")
+    out = store.output("crash")
+    died = run_writer(config_values(store, out), failpoints=failpoints)
+    assert died.returncode == FAILPOINT_EXIT_CODE, died.stderr[-3000:]
+
+    # What the crash left, file by file; the commit log counts only the whole pairs among it.
+    left = sorted(snapshot(out))
+    assert len(left) == len(leftovers) and all(any(re.fullmatch(p, n) for n in left) for p in leftovers), left
+    log = read_commit_log(out)
+    assert [(p.unit, p.start, p.stop) for p in log.parts] == [(u, 0, ROWS_PER_FILE) for u in range(committed)]
+    counted = {storage.join(out, t, p.name) for p in log.parts for t in ("images", "detections")}
+    in_tables = {storage.join(out, n) for n in left if n.split("/")[0] in ("images", "detections")}
+    assert sorted(in_tables - counted) == sorted(log.debris)  # half pairs and temporaries: debris, not data
+
+    summary = run_detect(detect_config(store, out))
+    assert summary.images_resumed == committed * ROWS_PER_FILE  # only the rest was processed
+    assert_same_as_clean(out, clean)
+    check_invariants(out, state_temporaries_ok=True)
+    dead_writer_leased = any(p == _LEASE_1 for p in leftovers)
+    assert read_json(storage.join(out, RUN_FILE))["lease_generation"] == (2 if dead_writer_leased else 1)
+    again = run_detect(detect_config(store, out))
+    assert again.already_complete and again.images_processed == 0
+    assert_same_as_clean(out, clean)
+
+
+def test_overwrite_killed_after_clearing_parts(store, clean, ray_cluster):
+    """``--overwrite`` dies between deleting the old parts and the old state: the output is still
+    recognised as a detbatch output (the old settings are refused), and ``--overwrite`` finishes the job."""
+    out = store.output("overwrite-crash")
+    old = run_writer(config_values(store, out, **{"model.score_threshold": 0.3}))
+    assert old.returncode == 0, old.stderr[-3000:]
+    assert committed_parts(out) == 8
+    crash = subprocess.run(cli_args(store, out, ray_cluster.address, "--overwrite"), capture_output=True, text=True,
+                           env={**_env(), "DETBATCH_FAILPOINTS": "output.after_clearing_parts=exit"}, timeout=120)
+    assert crash.returncode == FAILPOINT_EXIT_CODE, crash.stderr[-3000:]
+    left = snapshot(out)
+    assert not [n for n in left if n.startswith(("images/", "detections/"))] and RUN_FILE not in left
+    assert read_json(storage.join(out, STATE_FILE))["fingerprint"]["score_threshold"] == 0.3
+
+    with pytest.raises(ConfigError, match=r"score_threshold: 0.3 -> 0.0.*--overwrite"):
+        run_detect(detect_config(store, out))
+    summary = run_detect(detect_config(store, out, **{"output.overwrite": True}))
+    assert summary.images_resumed == 0 and summary.images_processed == NUM_INPUTS
+    assert_same_as_clean(out, clean)
+    check_invariants(out)
+    assert run_detect(detect_config(store, out)).already_complete
+
+
+# Driver kills per storage: the first at a seeded time after the start (while it connects, leases, lists,
+# or starts its pool), the others a seeded time after a seeded number of further commits.
+DRIVER_KILLS = 3
+
+
+def test_driver_killed_at_random_moments_then_rerun_converges(store, clean, ray_cluster, tmp_path):
+    """SIGKILL the CLI driver again and again, each rerun started at once (the killed run's actors may
+    still be committing), then a last rerun: the clean run, with every image once."""
+    rng = random.Random(f"driver-kills-{store.kind}")
+    out = store.output("kills")
+    args = cli_args(store, out, ray_cluster.address, rows_per_file=1)
+    moments = []
+    for kill in range(DRIVER_KILLS):
+        before = committed_parts(out)
+        log = open(tmp_path / f"driver-{kill}.log", "w")  # a file, not a pipe nobody reads: a full pipe would block it
+        proc = subprocess.Popen(args, stdout=log, stderr=log, env=_env())
+        try:
+            if kill == 0:
+                time.sleep(rng.uniform(0.5, 4.0))
+            else:
+                target = min(before + rng.randint(1, 3), NUM_INPUTS - 3)
+                wait_for(lambda: committed_parts(out) >= target, 240, f"{target} committed parts", proc)
+                time.sleep(rng.uniform(0.0, 0.25))
+            assert proc.poll() is None, f"the driver ended (rc {proc.returncode}) before kill {kill}"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait()
+            log.close()
+        moments.append((before, committed_parts(out)))
+        assert not storage.exists(storage.join(out, RUN_FILE))
+
+    summary = run_detect(detect_config(store, out, **{"output.rows_per_file": 1}))
+    assert summary.images_resumed >= moments[-1][1] and summary.images_processed < NUM_INPUTS
+    assert_same_as_clean(out, clean)
+    check_invariants(out)
+    assert run_detect(detect_config(store, out, **{"output.rows_per_file": 1})).already_complete
+    wait_for_idle_cluster()
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "DETBATCH_FAILPOINTS"}
