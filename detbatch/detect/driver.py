@@ -40,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 # Times Ray Data reruns a task whose storage kept failing (each run retries every call ~30 s itself).
 READ_TASK_RETRIES = 3
+# Ray counts against max_task_retries every resubmission of a call to an actor it cannot reach, not only
+# the actor's deaths: when a node is lost, the caller resends each call in flight there (backing off from
+# 0.1 s to at most 5 s) until the GCS declares the node dead after 5 failed health checks 3 s apart, each
+# allowed 10 s (15-65 s). One lost node took 6-7 retries in tests/detect/test_chaos.py, and with
+# inference.max_retries below 2 it failed the run. 20 covers ~75 s unreachable; max_retries counts deaths.
+UNREACHABLE_RETRIES = 20
 
 class DetectIncomplete(RunFailed):
     """The stream ended with images uncommitted; a rerun of the same command finishes them."""
@@ -243,9 +249,11 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
             # reaches would never end the job.) Ray 2.60 deprecates this argument without a named
             # replacement; docs/detect.md, "Retries of actors", says what to do when it goes.
             # On top, the retries that isolating one crashing image takes (halving the call, then that
-            # image twice on its own: detbatch.detect.detector).
+            # image twice on its own: detbatch.detect.detector), and those that a lost node's calls spend
+            # before Ray knows it is gone (UNREACHABLE_RETRIES).
             ray_remote_args_fn=lambda: {"max_restarts": -1,
-                                        "max_task_retries": inf.max_retries + isolation_retries(config.output.rows_per_file)},
+                                        "max_task_retries": inf.max_retries + isolation_retries(config.output.rows_per_file)
+                                        + UNREACHABLE_RETRIES},
         )
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
