@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from s3fs import S3FileSystem
 
 from detbatch import storage
 from detbatch.config import load_config
@@ -54,9 +55,9 @@ RUN_TIMEOUT_S = 300
 INPUT_KEYS = {"images": "*/src/images/*.png", "tar": "*/tar/*.tar", "parquet": "*/parquet/*.parquet"}
 GET_KINDS = ("503", "500", "reset", "reset_mid_body", "short")
 PUT_KINDS = ("503", "500", "reset", "lost_reply")
-# The GETs one read_bytes makes at most before it gives up: s3fs's 5 attempts at a body cut short, in each of
+# The GETs one read_bytes makes at most before it gives up: s3fs's attempts at a body cut short (5), in each of
 # detbatch's RETRY_ATTEMPTS (8). The image files' run cuts one image's GETs short more often than that.
-READ_BYTES_GETS = 5 * storage.RETRY_ATTEMPTS
+READ_BYTES_GETS = S3FileSystem.retries * storage.RETRY_ATTEMPTS
 HOPELESS_IMAGE = "*/src/images/000010.png"
 HOPELESS_FAULTS = READ_BYTES_GETS + 3
 
@@ -204,7 +205,7 @@ def test_detect_through_flaky_storage_is_exactly_once(kind, dataset, weights, cl
     if kind == "images":
         # One read task spent all its retries on the image (the last one logged), and since the run finished,
         # Ray Data ran it again: more cut GETs than one read_bytes makes.
-        assert "(attempt 8 of 8)" in proc.stderr
+        assert f"(attempt {storage.RETRY_ATTEMPTS} of {storage.RETRY_ATTEMPTS})" in proc.stderr
         assert proxy.count("short", "GET", HOPELESS_IMAGE) >= HOPELESS_FAULTS > READ_BYTES_GETS
 
     clean_images, clean_detections, clean_run = clean
@@ -230,8 +231,6 @@ def test_listing_the_input_outlasts_the_http_stacks_retries(what, s3_endpoint, m
     500s in a row with botocore's defaults do the same, slower) is retried like every other storage call: the
     listing is the input's, not "no such file" (fsspec's isfile() takes any error for that). An input that is
     not there is still named at once."""
-    from s3fs import S3FileSystem
-
     bucket = f"list-{uuid.uuid4().hex[:12]}"
     direct = boto3.client("s3", endpoint_url=s3_endpoint)
     direct.create_bucket(Bucket=bucket)
