@@ -88,7 +88,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="YAML config (see configs/evaluate.yaml); flags override it")
     p.add_argument("--detections", help="a detect output folder (RUN), any fsspec URI")
-    p.add_argument("--ground-truth", help="COCO instances JSON, local path or URI")
+    p.add_argument("--ground-truth", help="COCO instances JSON, or a folder of VOC XML / YOLO txt labels; local path or URI")
+    _add_label_flags(p, images="--images", images_help="VOC, YOLO: the images the labels belong to (default: beside them)")
     p.add_argument("--out", help="folder for metrics.json, report.md, pr_curves.png")
     p.add_argument("--metric", choices=["coco", "voc"])
     p.add_argument("--iou-type", choices=["bbox"])
@@ -103,7 +104,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 # Evaluate's config is flat: each flag's dest is its key.
 EVALUATE_FLAGS = {key: key for key in ("detections", "ground_truth", "out", "metric", "iou_type", "pair_by", "ray_address",
-                                        "allow_incomplete")}
+                                        "allow_incomplete", "annotations_format", "images", "names")}
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -124,7 +125,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "Flags override the config file; rerunning with the same --name resumes from the latest checkpoint.",
     )
     p.add_argument("--config", help="YAML config (see configs/train.yaml); flags override it")
-    p.add_argument("--train-annotations", help="COCO instances JSON of the training images (any fsspec URI)")
+    p.add_argument("--train-annotations", help="training labels: a COCO JSON, or a folder of VOC XML / YOLO txt (any fsspec URI)")
+    _add_label_flags(p)
+    p.add_argument("--drop-unlabeled", action="store_true", default=None,
+                   help="VOC, YOLO: leave out images without a label file (default: they train as negatives)")
     p.add_argument("--train-images", help="folder the training JSON's file_name are relative to")
     p.add_argument("--train-shards", help="a `detbatch prepare --annotations` output, instead of the two above")
     p.add_argument("--val-annotations", help="COCO JSON of a validation split (default: a seeded fraction of training)")
@@ -150,6 +154,9 @@ TRAIN_FLAGS = {
     "data.train_shards": "train_shards",
     "data.val_annotations": "val_annotations",
     "data.val_images": "val_images",
+    "data.annotations_format": "annotations_format",
+    "data.names": "names",
+    "data.drop_unlabeled": "drop_unlabeled",
     "model.name": "model",
     "model.weights": "weights",
     "schedule.epochs": "epochs",
@@ -180,13 +187,16 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=128, help="side of the square images, pixels")
     p.add_argument("--max-objects", type=int, default=4, help="objects per image at most")
+    p.add_argument("--format", choices=["coco", "voc", "yolo"], default="coco",
+                   help="labels as OUT/annotations.json (coco), OUT/Annotations/*.xml (voc) or OUT/labels/*.txt (yolo)")
     p.set_defaults(run=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from detbatch.datasets.synth import synthesize
 
-    result = synthesize(args.out, args.images, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects)
+    result = synthesize(args.out, args.images, seed=args.seed, image_size=args.image_size, max_objects=args.max_objects,
+                        format=args.format)
     print(f"synth: {result.num_images} images, {result.num_annotations} objects -> {result.out}")
     print(f"  images:      {result.images_uri}")
     print(f"  annotations: {result.annotations_uri}")
@@ -198,7 +208,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", help="folder/prefix of image files")
     p.add_argument("out", help="output folder/prefix for the shards")
     p.add_argument("--format", choices=["tar", "parquet"], required=True)
-    p.add_argument("--annotations", help="COCO JSON: pack only its images, with ids and annotations")
+    p.add_argument("--annotations", help="labels (COCO JSON, or a VOC / YOLO folder): pack only their images, with ids and annotations")
+    _add_label_flags(p)
     p.add_argument("--images-per-shard", type=int, default=1000)
     p.add_argument("--overwrite", action="store_true", help="replace shards already in OUT")
     p.set_defaults(run=_run_prepare)
@@ -208,9 +219,71 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from detbatch.datasets.prepare import prepare_shards
 
     result = prepare_shards(args.images, args.out, args.format, annotations=args.annotations,
-                            images_per_shard=args.images_per_shard, overwrite=args.overwrite)
+                            images_per_shard=args.images_per_shard, overwrite=args.overwrite,
+                            annotations_format=args.annotations_format or "auto", names=args.names)
     skipped = f" ({result.num_skipped} images not in the annotations skipped)" if result.num_skipped else ""
     print(f"prepare: {result.num_images} images in {result.num_shards} {result.format} shards -> {result.out}{skipped}")
+    return 0
+
+
+def _add_label_flags(p: argparse.ArgumentParser, images: str | None = None, images_help: str = "") -> None:
+    """``--annotations-format`` and ``--names`` (and an images flag), as every command that reads labels has them."""
+    p.add_argument("--annotations-format", choices=["auto", "coco", "voc", "yolo"],
+                   help="the labels' format (default auto: a file is COCO, a folder VOC or YOLO by its files)")
+    p.add_argument("--names", help="VOC, YOLO: class names list, data.yaml or one name a line (default: found beside the labels)")
+    if images:
+        p.add_argument(images, help=images_help)
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert labels between COCO JSON, Pascal VOC XML and YOLO txt",
+                       description="Read labels in any format, check them against the image headers, and write them "
+                       "in another under OUT (labels only; the images stay where they are).")
+    p.add_argument("annotations", help="a COCO JSON, or a folder of VOC XML / YOLO txt labels (any fsspec URI)")
+    p.add_argument("out", help="output folder: OUT/annotations.json, OUT/Annotations/*.xml or OUT/labels/*.txt (+ data.yaml)")
+    p.add_argument("--to", required=True, choices=["coco", "voc", "yolo"])
+    _add_label_flags(p, images="--images", images_help="the images the labels belong to (default: beside them)")
+    p.add_argument("--drop-unlabeled", action="store_true", help="VOC, YOLO: leave out images without a label file")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from detbatch.datasets.convert import convert
+
+    result = convert(args.annotations, args.out, args.to, args.annotations_format or "auto", images=args.images,
+                     names=args.names, negatives=not args.drop_unlabeled)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def _add_split(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split", help="split one dataset into train/val/test COCO JSONs (seeded, stratified, group-aware)")
+    p.add_argument("annotations", help="a COCO JSON, or a folder of VOC XML / YOLO txt labels (any fsspec URI)")
+    p.add_argument("out", help="output folder: OUT/train.json, OUT/val.json, OUT/test.json, OUT/split.json")
+    p.add_argument("--fractions", default="0.8,0.1,0.1", help="train,val,test shares of the images (default 0.8,0.1,0.1; 0 skips a split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group-by", help="keep groups together: a regex on file_name (its first group is the key), "
+                   "or field:NAME for a field of the COCO image entries")
+    _add_label_flags(p, images="--images", images_help="VOC, YOLO: the images the labels belong to (default: beside them)")
+    p.add_argument("--drop-unlabeled", action="store_true", help="VOC, YOLO: leave out images without a label file")
+    p.set_defaults(run=_run_split)
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    from detbatch.datasets.labels import load_annotations
+    from detbatch.datasets.split import split_dataset, write_splits
+    from detbatch.errors import InputError
+
+    try:
+        fractions = tuple(float(f) for f in args.fractions.split(","))
+    except ValueError:
+        raise InputError(f"--fractions {args.fractions!r}: give three numbers, e.g. 0.8,0.1,0.1") from None
+    labels = load_annotations(args.annotations, args.annotations_format or "auto", images=args.images, names=args.names,
+                              negatives=not args.drop_unlabeled)
+    result = split_dataset(labels.coco, fractions, seed=args.seed, group_by=args.group_by)  # type: ignore[arg-type]
+    uris = write_splits(result, args.out)
+    print(f"split: {labels.summary()}; {result.report['groups']} groups -> {', '.join(uris.values())}")
+    print("\n".join(result.lines()))
     return 0
 
 
@@ -274,6 +347,8 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_train,
     _add_synth,
     _add_prepare,
+    _add_convert,
+    _add_split,
     _add_models,
     _add_export,
 )

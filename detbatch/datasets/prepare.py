@@ -71,11 +71,15 @@ def prepare_shards(
     annotations: str | None = None,
     images_per_shard: int = 1000,
     overwrite: bool = False,
+    annotations_format: str = "auto",
+    names: str | None = None,
 ) -> PrepareResult:
     """Pack the images under ``images`` into ``out/shard-{k:06d}.{tar|parquet}`` plus ``out/dataset.json``.
 
-    ``annotations``: a COCO instances JSON whose ``file_name`` values are paths relative to ``images``;
-    when given, only the images it lists are packed and each carries its labels. ``overwrite``:
+    ``annotations``: a COCO instances JSON whose ``file_name`` values are paths relative to ``images``, or
+    a folder of VOC or YOLO labels (``annotations_format``, ``names``: see
+    :func:`detbatch.datasets.labels.load_annotations`); when given, only the images it lists are packed
+    and each carries its labels in COCO form. ``overwrite``:
     replace the shards and ``dataset.json`` already in ``out`` (otherwise they are an error).
     Memory holds at most ``_READ_WINDOW`` images being read plus, for Parquet, one row group; shards
     are staged on local disk and published whole.
@@ -92,7 +96,9 @@ def prepare_shards(
         categories: list[dict[str, Any]] = []
         skipped = 0
     else:
-        coco = load_coco(annotations)
+        from detbatch.datasets.labels import load_annotations  # it reads folders with this module's helpers
+
+        coco = load_annotations(annotations, annotations_format, images=images, names=names).coco
         records, skipped = _annotated_records(coco, file_names, images, annotations)
         categories = coco.get("categories", [])
     if format == "tar":

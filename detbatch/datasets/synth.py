@@ -19,7 +19,6 @@ Image ``id`` depends only on ``(seed, id, image_size, max_objects)``, not on ``n
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -91,16 +90,20 @@ def synthesize(
     seed: int = 0,
     image_size: int = 128,
     max_objects: int = 4,
+    format: str = "coco",
 ) -> SynthResult:
-    """Write ``num_images`` labelled images and their COCO annotations under ``out``.
+    """Write ``num_images`` labelled images and their annotations under ``out``.
 
     ``out`` is a local path or URI (``s3://bucket/prefix``). Same arguments, byte-identical files.
-    Existing files of the same names are overwritten; ``annotations.json`` is written last, so its
-    presence means the images it lists are all there.
+    Existing files of the same names are overwritten; the labels are written last, so their presence
+    means the images they list are all there. ``format``: ``coco`` (``OUT/annotations.json``), ``voc``
+    (``OUT/Annotations/*.xml``) or ``yolo`` (``OUT/labels/*.txt``), the last two with ``OUT/data.yaml``
+    (:func:`detbatch.datasets.convert.write_labels`).
     """
     _check_args(num_images=num_images, seed=seed, image_size=image_size, max_objects=max_objects)
+    if format not in ("coco", "voc", "yolo"):
+        raise ConfigError(f"unknown labels format {format!r}; choose one of: coco, voc, yolo")
     images_uri = storage.join(out, "images")
-    annotations_uri = storage.join(out, "annotations.json")
 
     coco_images: list[dict] = []
     coco_annotations: list[dict] = []
@@ -140,7 +143,9 @@ def synthesize(
         "annotations": coco_annotations,
         "categories": CATEGORIES,
     }
-    storage.write_text(annotations_uri, json.dumps(coco, separators=(",", ":")))
+    from detbatch.datasets.convert import write_labels  # inside: convert reads labels with prepare's helpers
+
+    annotations_uri = write_labels(coco, out, format)
     logger.info("wrote %d images, %d objects to %s", num_images, len(coco_annotations), out)
     return SynthResult(
         out=out,

@@ -17,7 +17,10 @@ class EvaluateConfig(Section):
     """What to evaluate and where to write it."""
 
     detections: str | None = None  # a detect output folder (RUN/detections/*.parquet, RUN/run.json), any fsspec URI
-    ground_truth: str | None = None  # a COCO instances JSON, local or URI
+    ground_truth: str | None = None  # a COCO instances JSON, or a folder of VOC XML or YOLO txt labels; local or URI
+    annotations_format: Literal["auto", "coco", "voc", "yolo"] = "auto"  # auto: a file is COCO, a folder VOC or YOLO by its files
+    images: str | None = None  # VOC, YOLO: the images the labels belong to (YOLO needs their sizes); default: beside the labels
+    names: str | None = None  # VOC, YOLO: the class names list (data.yaml, classes.txt); default: beside the labels
     out: str | None = None  # folder for metrics.json, report.md, pr_curves.png
     metric: Literal["coco", "voc"] = "coco"
     iou_type: Literal["bbox"] = "bbox"

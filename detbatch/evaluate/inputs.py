@@ -22,12 +22,27 @@ logger = logging.getLogger(__name__)
 DETECTION_COLUMNS = ("image_id", "category_id", "score", "x_min", "y_min", "x_max", "y_max")
 
 
-def load_ground_truth(uri: str) -> CocoDataset:
-    """The COCO ground truth at ``uri``; raises :class:`InputError` naming ``uri`` for a file that is not
-    COCO, or holds an entry that cannot be evaluated (docs/evaluate.md, "Ground truth: what is checked")."""
+def load_ground_truth(
+    uri: str, format: str = "auto", images: str | None = None, names: str | None = None
+) -> tuple[CocoDataset, dict[str, int]]:
+    """The ground truth at ``uri`` and the label problems found in it, by kind (none for COCO JSON).
+
+    A COCO JSON is parsed as it is (pyarrow); VOC and YOLO labels go through
+    :func:`detbatch.datasets.labels.load_annotations` (``format``, ``images``, ``names`` are its) and then the
+    same COCO checks. Raises :class:`InputError` naming ``uri`` for a file that is not COCO, or holds an
+    entry that cannot be evaluated (docs/evaluate.md, "Ground truth: what is checked").
+    """
+    from detbatch.datasets.labels import detect_format, load_annotations
+
     storage.check_readable(uri)
+    problems: dict[str, int] = {}
     try:
-        return read_coco_json(storage.read_bytes(uri))
+        if (detect_format(uri) if format == "auto" else format) == "coco":
+            data = storage.read_bytes(uri)
+        else:
+            labels = load_annotations(uri, format, images=images, names=names)
+            data, problems = json.dumps(labels.coco).encode("utf-8"), labels.counts()
+        return read_coco_json(data), problems
     except NotCocoError as e:
         raise InputError(
             f"{uri}: not COCO ground truth: {e}; --ground-truth takes a COCO instances JSON "

@@ -43,7 +43,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     config.require_inputs()
-    coco_ds = load_ground_truth(config.ground_truth)
+    coco_ds, label_problems = load_ground_truth(config.ground_truth, config.annotations_format, config.images, config.names)
     gt = coco_ds.gt
     run = open_run(config.detections)
     complete = run.info is not None
@@ -64,7 +64,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
     names = category_names(coco_ds.category_names)
     metrics = metrics_dict(config, result, names)
     metrics["pairing"] = pairing.counts | counts
-    metrics["ground_truth"] = coco_ds.counts()
+    metrics["ground_truth"] = coco_ds.counts() | ({"label_problems": label_problems} if label_problems else {})
     metrics["complete"] = complete
     metrics["inputs"] = {"detections": config.detections, "ground_truth": config.ground_truth, "image_set": config.image_set}
     metrics["execution"] = execution | {"seconds": round(time.perf_counter() - start, 3)}

@@ -15,8 +15,15 @@ from detbatch.config import ConfigError, RayConfig, Section
 
 class DataConfig(Section):
     train_annotations: str | None = None
-    """COCO instances JSON of the training images (any fsspec URI); its ``file_name`` are relative to
-    ``train_images``."""
+    """The training labels (any fsspec URI): a COCO instances JSON whose ``file_name`` are relative to
+    ``train_images``, or a folder of Pascal VOC XML or YOLO txt files (docs/data.md, "Labels")."""
+    annotations_format: Literal["auto", "coco", "voc", "yolo"] = "auto"
+    """Format of ``train_annotations`` and ``val_annotations``; auto: a file is COCO, a folder VOC or YOLO
+    by the label files it holds."""
+    names: str | None = None
+    """VOC and YOLO: the class names list (``data.yaml`` or one name a line); default: found beside the labels."""
+    drop_unlabeled: bool = False
+    """VOC and YOLO: leave out images without a label file (default: they train as negatives)."""
     train_images: str | None = None
     """Folder/prefix the training ``file_name`` are relative to; default: the JSON's folder + ``/images``."""
     train_shards: str | None = None

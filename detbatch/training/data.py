@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,14 +88,18 @@ class DataSource:
     description: str
 
 
-def load_source(annotations: str | None, images: str | None, shards: str | None, role: str) -> DataSource:
-    """Read a split's annotations (not its images). ``role`` names the config keys in error messages."""
+def load_source(
+    annotations: str | None, images: str | None, shards: str | None, role: str,
+    annotations_format: str = "auto", names: str | None = None, negatives: bool = True,
+) -> DataSource:  # fmt: skip
+    """Read a split's annotations (not its images). ``role`` names the config keys in error messages;
+    ``annotations_format``, ``names``, ``negatives``: :func:`detbatch.datasets.labels.load_annotations`'s."""
     if shards:
         return _load_shards(shards, role)
     assert annotations is not None
-    from detbatch.datasets.prepare import load_coco
+    from detbatch.datasets.labels import load_annotations
 
-    coco = load_coco(annotations)
+    coco = load_annotations(annotations, annotations_format, images=images, names=names, negatives=negatives).coco
     categories = [c for c in coco.get("categories", []) if isinstance(c, dict) and "id" in c]
     if not categories:
         raise ConfigError(f"{annotations}: no categories; data.{role}_annotations must be a COCO instances JSON with 'categories'")
@@ -120,22 +122,18 @@ def load_source(annotations: str | None, images: str | None, shards: str | None,
 
 
 def _default_images(annotations: str, role: str) -> str:
-    """``<json folder>/images`` (``detbatch synth``'s layout) or ``<json folder>/../images`` (COCO's)."""
-    folder = _dirname(annotations)
-    candidates = [storage.join(folder, "images"), storage.join(_dirname(folder), "images")]
-    for candidate in candidates:
-        fs, path = storage.resolve(candidate)
-        if fs.isdir(path):
-            logger.info("data.%s_images not given; using %s", role, candidate)
-            return candidate
+    """:func:`detbatch.datasets.labels.default_images`: ``images/`` (or VOC's ``JPEGImages/``) beside the
+    labels or one folder up (``detbatch synth``'s layout, COCO's, YOLO's and VOC's)."""
+    from detbatch.datasets.labels import default_images
+
+    found = default_images(annotations)
+    if found is not None:
+        logger.info("data.%s_images not given; using %s", role, found)
+        return found
     raise ConfigError(
-        f"data.{role}_images not given and neither {candidates[0]} nor {candidates[1]} exists; "
-        f"give --{role}-images FOLDER (the folder the JSON's file_name are relative to)"
+        f"data.{role}_images not given and no images/ or JPEGImages/ folder is beside {annotations} or one folder "
+        f"up; give --{role}-images FOLDER (the folder the labels' file names are relative to)"
     )
-
-
-def _dirname(uri: str) -> str:
-    return posixpath.dirname(uri.rstrip("/")) if "://" in uri else os.path.dirname(os.path.abspath(uri))
 
 
 def _probe_images(items: list[dict[str, Any]], root: str, role: str) -> None:

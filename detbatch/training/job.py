@@ -81,8 +81,9 @@ def run_train(config: TrainConfig) -> TrainResult:
     config = absolute_paths(config)
     check_model_config(config.model)
     d = config.data
-    train_source = load_source(d.train_annotations, d.train_images, d.train_shards, "train")
-    val_source = load_source(d.val_annotations, d.val_images, d.val_shards, "val") if (d.val_annotations or d.val_shards) else None
+    labels = {"annotations_format": d.annotations_format, "names": d.names, "negatives": not d.drop_unlabeled}
+    train_source = load_source(d.train_annotations, d.train_images, d.train_shards, "train", **labels)
+    val_source = load_source(d.val_annotations, d.val_images, d.val_shards, "val", **labels) if (d.val_annotations or d.val_shards) else None
     categories = Categories.from_coco(train_source.categories)
     if val_source is not None:
         _check_categories(train_source, val_source)
@@ -131,7 +132,7 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
 
     d, m, r = config.data, config.model, config.run
     data = {k: absolute(getattr(d, k)) for k in ("train_annotations", "train_images", "train_shards",
-                                                 "val_annotations", "val_images", "val_shards")}  # fmt: skip
+                                                 "val_annotations", "val_images", "val_shards", "names")}  # fmt: skip
     weights = absolute(m.weights) if is_checkpoint_uri(m.weights) else m.weights
     return config.model_copy(update={
         "data": d.model_copy(update=data),
@@ -143,6 +144,14 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
 def _check_categories(train: DataSource, val: DataSource) -> None:
     train_ids = {int(c["id"]) for c in train.categories}
     extra = sorted({int(c["id"]) for c in val.categories} - train_ids)
+    train_names = {int(c["id"]): c.get("name") for c in train.categories}
+    renamed = [f"{c['id']}: {c.get('name')!r} vs {train_names[int(c['id'])]!r}" for c in val.categories
+               if int(c["id"]) in train_names and c.get("name") != train_names[int(c["id"])]]  # fmt: skip
+    if renamed:  # VOC folders number their names in sorted order: a class missing from one shifts the ids
+        raise ConfigError(
+            f"category ids name other classes in validation than in training ({'; '.join(renamed[:3])}); give both "
+            f"the same names list (data.names / --names)"
+        )
     if extra:
         raise ConfigError(
             f"the validation categories {extra} are not among the training categories ({sorted(train_ids)}); "
