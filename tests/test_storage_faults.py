@@ -407,3 +407,29 @@ def test_two_processes_racing_create_exclusive_one_wins(where, tmp_path, proxy, 
     assert all(racer.returncode == 0 for racer in racers.values())
     if where == "s3":
         assert proxy.count("lost_reply", "PUT") > 0 and proxy.count("503", "PUT") > 0
+
+
+# --- detect's reads of its own output ------------------------------------------------------------------------
+
+
+def test_the_drivers_reads_of_the_output_outlast_faults(proxy, s3_bucket, direct):
+    """The ownership check when a run opens an output, and the final count of its committed parts (what
+    run.json records), get through more faults than the HTTP stack's retries: a transient fault there
+    must not fail a run whose every image is committed."""
+    from detbatch.detect import sink
+    from detbatch.detect.driver import _count_output
+    from detbatch.detect.output import _check_owned_or_empty
+    from tests.detect.test_sink import _scored
+
+    out = f"{s3_bucket}/out"
+    sink.write_parts(pa.concat_tables([_scored(0, [0, 1, 2], last_index=2, dets=2), _scored(1, [0], last_index=0)]),
+                     out, generation=1)
+    log = sink.read_commit_log(out)
+    direct.put_object(Bucket=_bucket_key(s3_bucket)[0], Key="mine/a.txt", Body=b"the user's")
+    proxy.set_rules([FaultRule("503", ("GET", "HEAD", "LIST"), "*/images/*", max_per_key=FAULTS_PER_KEY),
+                     FaultRule("503", ("GET", "HEAD", "LIST"), "*/mine*", max_per_key=FAULTS_PER_KEY)])
+
+    assert _count_output(out, log) == {"images_ok": 4, "images_error": 0, "detections": 7}
+    with pytest.raises(Exception, match="is not empty and holds no detbatch run"):
+        _check_owned_or_empty(f"{s3_bucket}/mine", overwrite=False)
+    assert proxy.count("503", None, "*/images/*") >= FAULTS_PER_KEY and proxy.count("503", None, "*/mine*") > 0

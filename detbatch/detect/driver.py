@@ -357,11 +357,16 @@ def _count_output(output: str, log: sink.CommitLog) -> dict[str, int]:
 
     fs, _ = storage.resolve(output)
     files = [storage.resolve(uri)[1] for uri in log.files(output, "images")]
-    images = pads.dataset(files, filesystem=fs, format="parquet")
-    totals = {"images_ok": 0, "images_error": 0, "detections": 0}
-    for batch in images.to_batches(columns=["status", "num_detections"]):
-        ok = int(pc.sum(pc.equal(batch["status"], "ok")).as_py() or 0)
-        totals["images_ok"] += ok
-        totals["images_error"] += batch.num_rows - ok
-        totals["detections"] += int(pc.sum(batch["num_detections"]).as_py() or 0)
-    return totals
+
+    def count() -> dict[str, int]:
+        totals = {"images_ok": 0, "images_error": 0, "detections": 0}
+        images = pads.dataset(files, filesystem=fs, format="parquet")
+        for batch in images.to_batches(columns=["status", "num_detections"]):
+            ok = int(pc.sum(pc.equal(batch["status"], "ok")).as_py() or 0)
+            totals["images_ok"] += ok
+            totals["images_error"] += batch.num_rows - ok
+            totals["detections"] += int(pc.sum(batch["num_detections"]).as_py() or 0)
+        return totals
+
+    # Whole or not at all: a fault half-way restarts the count, so no part is counted twice.
+    return storage.retrying(count, f"{output}: counting the committed parts")

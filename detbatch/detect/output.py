@@ -108,7 +108,7 @@ def _check_owned_or_empty(output: str, overwrite: bool) -> bool:
     if _is_detbatch_output(output):
         return True
     fs, path = storage.resolve(output)
-    if storage.list_names(output) or (fs.exists(path) and fs.ls(path)):
+    if storage.list_names(output) or storage.retrying(lambda: fs.exists(path) and fs.ls(path), f"{output}: listing"):
         what = "--overwrite only replaces a detbatch output (one that holds _detbatch/)" if overwrite else \
             "choose an empty --output"
         raise ConfigError(f"{output} is not empty and holds no detbatch run; {what}. Nothing was deleted")
@@ -120,13 +120,7 @@ def clear_output(output: str) -> int:
     doomed = []
     for table in ("detections", "images"):
         folder = storage.join(output, table)
-        fs, path = storage.resolve(folder)
-        fs.invalidate_cache(path)
-        try:
-            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-        except FileNotFoundError:
-            names = []
-        doomed += [storage.join(folder, n) for n in names if is_part_file(n)]
+        doomed += [storage.join(folder, n) for n in storage.list_names(folder, hidden=True) if is_part_file(n)]
     doomed.append(storage.join(output, RUN_FILE))
     storage.remove(doomed)
     failpoint("output.after_clearing_parts")
