@@ -117,6 +117,31 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="a self-contained HTML report of a detect run (summary, gallery, errors)",
+        description="Write DIR/index.html and its thumbnails: counts and score histograms, a filterable gallery "
+        "of sampled images, the worst images against ground truth, the evaluation's curves, every input in error.",
+    )
+    p.add_argument("--detections", required=True, help="a detect output folder (RUN), any fsspec URI")
+    p.add_argument("--ground-truth", help="labels for TP/FP/FN colours and the worst images (COCO JSON, VOC or YOLO folder)")
+    p.add_argument("--evaluation", help="a `detbatch evaluate --out` folder: metrics, PR curves, diagnostics")
+    p.add_argument("--out", required=True, help="folder for index.html and thumbs/ (any fsspec URI)")
+    p.add_argument("--samples", type=int, default=None, help="gallery images, stratified by category (default 300)")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from detbatch.report import DEFAULT_SAMPLES, write_report
+
+    result = write_report(args.detections, args.out, ground_truth=args.ground_truth, evaluation=args.evaluation,
+                          samples=DEFAULT_SAMPLES if args.samples is None else args.samples)
+    print(f"report: {result.images_shown} images shown, {result.thumbnails} thumbnails, {result.seconds:.1f} s")
+    print(f"  open: {result.index}")
+    return 0
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -344,6 +369,7 @@ def _run_export(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_detect,
     _add_evaluate,
+    _add_report,
     _add_train,
     _add_synth,
     _add_prepare,
