@@ -65,15 +65,15 @@ def _summary(page: Page) -> str:
         tiles.append(("wall seconds", info["wall_seconds"], "wall"))
     out = ['<div class="tiles">']
     out += [f'<div class="tile" id="{i}">{escape(str(v))}<small>{escape(k)}</small></div>' for k, v, i in tiles]
-    out.append("</div><h3>Scores, all categories</h3>")
+    out.append('</div><div class="row"><div><h3>Scores, all categories</h3>')
     out.append(_histogram_svg(s.histograms.sum(axis=0) if len(s.histograms) else np.zeros(SCORE_BINS, np.int64)))
-    out.append('<h3>Per category</h3><table id="categories"><tr><th>category</th><th>detections</th>'
+    out.append('</div><div><h3>Per category</h3><table id="categories"><tr><th>category</th><th>detections</th>'
                "<th>scores 0 → 1</th></tr>")
     order = np.argsort(-s.histograms.sum(axis=1), kind="stable") if len(s.histograms) else []
     for c in order:
         out.append(f'<tr data-category="{escape(s.categories[c])}"><td>{escape(s.categories[c])}</td>'
                    f'<td class="n">{int(s.histograms[c].sum())}</td><td>{_histogram_svg(s.histograms[c], 160, 24)}</td></tr>')
-    out.append("</table>")
+    out.append("</table></div><div>")
     if info:
         model = info.get("model", {})
         config = info.get("config", {})
@@ -87,12 +87,14 @@ def _summary(page: Page) -> str:
                    f"{escape(json.dumps(info, indent=2))}</pre></details>")
     else:
         out.append("<p>No run.json: the run is not finished; these are its committed parts.</p>")
+    out.append("</div></div>")
     return "".join(out)
 
 
 def _evaluation(page: Page) -> str:
     out = []
     m = page.metrics
+    out.append('<div class="row"><div>')
     if m:
         stats = [k for k in ("AP", "AP50", "AP75", "AR100", "mAP") if k in m]
         out.append('<table id="metrics"><tr>' + "".join(f"<th>{k}</th>" for k in stats) + "</tr><tr>"
@@ -106,8 +108,10 @@ def _evaluation(page: Page) -> str:
                                 f'<td class="n">{row[k]}</td>' for k in keys)
                 out.append(f"<tr><td>{escape(name)}</td>{cells}</tr>")
             out.append("</table>")
+    out.append("</div><div>")
     if page.pr_curves:
-        out.append(f'<img alt="precision-recall curves" src="{escape(page.pr_curves)}" style="max-width:100%">')
+        out.append(f'<img alt="precision-recall curves" src="{escape(page.pr_curves)}" class="curves">')
+    out.append("</div></div>")
     for name, text in page.diagnostics.items():
         out.append(f"<details><summary>{escape(name)}</summary><pre>{escape(text)}</pre></details>")
     return "".join(out)

@@ -7,7 +7,7 @@ from tests.report.runs import write_known_run
 
 
 def test_report_command_writes_the_page_and_says_where(tmp_path, capsys):
-    known = write_known_run(tmp_path / "data")
+    known = write_known_run(tmp_path / "data", units=(6, 7))
     out = tmp_path / "report"
     assert main(["report", "--detections", known.output, "--out", str(out), "--samples", "4",
                  "--ground-truth", known.ground_truth, "--evaluation", known.evaluation]) == 0

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report-page")
-    known = write_known_run(root)
+    known = write_known_run(root, units=(12, 14))
     result = write_report(known.output, str(root / "out"), ground_truth=known.ground_truth,
                           evaluation=known.evaluation, samples=10)
     dets = pd.concat([pd.read_parquet(f) for f in read_commit_log(known.output).files(known.output, "detections")])
@@ -48,10 +48,10 @@ def _busiest(page, dets) -> int:
     return int(dets[dets["image_id"].isin(ids)]["image_id"].value_counts().idxmax())
 
 
-def test_page_loads_without_console_errors(page):
+def test_page_loads_without_console_errors(page, report):
     errors = [e for e in page.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == []
-    assert page.find_element("id", "detections").text.startswith("11")
+    assert page.find_element("id", "detections").text.splitlines()[0] == str(len(report[2]))
     assert len(page.find_elements("css selector", "#gallery .card")) == 10
     assert all(img.get_property("naturalWidth") > 0 for img in page.find_elements("css selector", "#gallery img"))
 
@@ -65,8 +65,7 @@ def test_boxes_drawn_follow_the_slider_and_the_categories(page, report):
     slider = page.find_element("id", "score")
     assert float(slider.get_attribute("value")) == START_THRESHOLD
     assert _drawn(page, image_id) == int((mine["score"] >= START_THRESHOLD).sum())
-    for _ in range(20):  # a user's keys: 20 steps of 0.01 down
-        slider.send_keys(Keys.ARROW_LEFT)
+    slider.send_keys(Keys.ARROW_LEFT * 20)  # a user's keys: 20 steps of 0.01 down
     threshold = float(slider.get_attribute("value"))
     assert threshold == pytest.approx(START_THRESHOLD - 0.2)
     assert page.find_element("id", "score-value").text == f"{threshold:.2f}"
