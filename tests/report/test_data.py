@@ -117,3 +117,13 @@ def test_samples_below_one_is_refused(known, tmp_path):
 
     with pytest.raises(InputError, match="samples=0"):
         write_report(known.output, str(tmp_path / "out"), samples=0)
+
+
+def test_report_goes_to_any_fsspec_uri(known):
+    from detbatch import storage
+
+    out = "memory://report-test/out"
+    write_report(known.output, out, evaluation=known.evaluation, samples=4)
+    assert storage.list_names(out) == ["index.html", "pr_curves.png", "thumbs"]
+    page = _embedded(storage.read_text(storage.join(out, "index.html")))
+    assert sorted(storage.list_names(storage.join(out, "thumbs"))) == sorted(f"{im['id']}.jpg" for im in page["images"])
