@@ -135,14 +135,19 @@ def _write_thumbnails(out: str, entries: list[dict[str, Any]], kind: str | None)
         try:
             data = _thumbnail(entry["uri"])
         except Exception as e:  # a vanished or unreadable image is shown without pixels, not a failed report
-            logger.warning("%s: no thumbnail: %s", entry["uri"], e)
+            logger.debug("%s: no thumbnail: %s", entry["uri"], e)
+            failed.append(f"{entry['uri']}: {e}")
             return
         name = f"{THUMBS}/{entry['id']}.jpg"
         storage.write_bytes(storage.join(out, *name.split("/")), data)
         entry["thumb"] = name
 
+    failed: list[str] = []
     with ThreadPoolExecutor(THUMB_THREADS) as pool:
         list(pool.map(one, entries))
+    if failed:
+        logger.warning("%d gallery images could not be read for a thumbnail (their boxes are drawn on grey); "
+                       "the first: %s", len(failed), failed[0])
     return sum(1 for e in entries if e.get("thumb"))
 
 

@@ -127,3 +127,18 @@ def test_report_goes_to_any_fsspec_uri(known):
     assert storage.list_names(out) == ["index.html", "pr_curves.png", "thumbs"]
     page = _embedded(storage.read_text(storage.join(out, "index.html")))
     assert sorted(storage.list_names(storage.join(out, "thumbs"))) == sorted(f"{im['id']}.jpg" for im in page["images"])
+
+
+def test_run_without_detections_or_run_json(tmp_path):
+    import pyarrow as pa
+
+    from detbatch.detect import sink
+    from detbatch.detect.detector import SCORED_SCHEMA
+
+    rows = [{"unit": 0, "index": i, "last": i == 2, "uri": f"/nowhere/{i}.png", "image_id": i, "width": 8, "height": 8,
+             "status": "ok", "error": None, "category_id": [], "category": [], "score": [], "box": []} for i in range(3)]
+    sink.write_parts(pa.Table.from_pylist(rows, schema=SCORED_SCHEMA), str(tmp_path / "run"))
+    result = write_report(str(tmp_path / "run"), str(tmp_path / "out"), samples=5)
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert result.images_shown == 3 and result.thumbnails == 0  # the files are gone: boxes on grey
+    assert 'id="detections">0<' in html and "No run.json" in html and "No input is in error." in html
