@@ -107,7 +107,7 @@ def _entries(info: dict[str, Any] | None, images: Any, dets: Any, truth: Truth |
         if truth and r in boxes:
             gt_boxes, gt_category = boxes[r]
             taken = matched.missed[r]
-            entry["gt"] = [[*np.round(b, 1).tolist(), index_of[truth.names.get(int(c), str(c))],
+            entry["gt"] = [[*np.round(b, 1).tolist(), index_of[truth.names[int(c)]],
                             -1 if np.isnan(s) else round(float(s), 4)] for b, c, s in zip(gt_boxes, gt_category, taken)]
         entries.append(entry)
     entries.sort(key=lambda e: (not e["sampled"], e["uri"]))

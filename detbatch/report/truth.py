@@ -88,9 +88,10 @@ def load_truth(run: RunParts, coco: dict[str, Any]) -> Truth:
         pairing = pair_file_names(uris, run_input.get("root") or run_input.get("uri"),
                                   [im["file_name"] for im in gt_images], run_input.get("kind"))
         gt_of_run = {int(r): int(gt_images[g]["id"]) for r, g in zip(run_ids, pairing.gt_index) if g >= 0}
+    names = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
     by_gt: dict[int, list[dict[str, Any]]] = {}
-    for a in coco.get("annotations", []):
-        if not a.get("iscrowd"):
+    for a in coco.get("annotations", []):  # crowd and unknown categories left out, as evaluate drops the latter
+        if not a.get("iscrowd") and int(a["category_id"]) in names:
             by_gt.setdefault(int(a["image_id"]), []).append(a)
     boxes = {}
     for r, g in gt_of_run.items():
@@ -98,7 +99,6 @@ def load_truth(run: RunParts, coco: dict[str, Any]) -> Truth:
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         boxes[r] = (xyxy, np.array([int(a["category_id"]) for a in anns], dtype=np.int64))
-    names = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
     part_map = {int(r): int(p) for r, p in zip(run_ids, part_of_run) if int(r) in gt_of_run}
     missed, false = _worst(run, boxes, part_map)
     return Truth(boxes, names, part_map, missed, false)
