@@ -142,3 +142,21 @@ def test_run_without_detections_or_run_json(tmp_path):
     html = (tmp_path / "out" / "index.html").read_text()
     assert result.images_shown == 3 and result.thumbnails == 0  # the files are gone: boxes on grey
     assert 'id="detections">0<' in html and "No run.json" in html and "No input is in error." in html
+
+
+def test_ground_truth_pairs_by_file_name_without_a_manifest(known, tmp_path):
+    import shutil
+
+    by_id = _embedded(_report_html(known.output, known.ground_truth, tmp_path / "by-id"))
+    run = tmp_path / "run"
+    shutil.copytree(known.output, run)
+    info = json.loads((run / "run.json").read_text())
+    info["input"]["manifest"] = None
+    (run / "run.json").write_text(json.dumps(info))
+    by_name = _embedded(_report_html(str(run), known.ground_truth, tmp_path / "by-name"))
+    assert by_name == by_id and all("gt" in im for im in by_id["images"])
+
+
+def _report_html(run, ground_truth, out) -> str:
+    write_report(run, str(out), ground_truth=ground_truth, samples=6)
+    return (out / "index.html").read_text()
