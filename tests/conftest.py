@@ -12,9 +12,6 @@ import pytest
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
 
-# Tests written but not yet proven on a quiet machine (tests/pending/README.md).
-collect_ignore = ["pending"]
-
 # Ray Data's usage poller queries a Prometheus that local clusters do not run and logs each miss at
 # DEBUG, from a daemon thread that outlives pytest's captured streams ("--- Logging error ---" at exit).
 logging.getLogger("ray.data._internal.usage.util").setLevel(logging.WARNING)

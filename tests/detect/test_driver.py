@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -227,76 +222,6 @@ def test_shards(fmt, shapes, tmp_path):
     assert ok.uri.str.match(rf".*/shard-00000[0-2]\.{fmt}#\d{{6}}\.png$").all()
     bad = images[images.status == "error"]
     assert bad.uri.iloc[0].endswith(f"shard-999999.{fmt}") and "shard unreadable" in bad.error.iloc[0]
-
-
-def test_resume_after_driver_killed(shapes, ray_cluster, tmp_path):
-    """Kill the driver (SIGKILL) once some parts are committed; the rerun does only the rest."""
-    out = tmp_path / "out"
-    args = [
-        sys.executable, "-m", "detbatch", "detect", "--input", str(shapes / "images"), "--output", str(out),
-        # A slower model (800 px input), so that the kill lands mid-run.
-        "--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights", "none", "--score-threshold", "0", "--batch-size", "1",
-        "--device", "cpu", "--ray-address", ray_cluster.address,
-        "--set", "model.detections_per_image=5", "--set", "input.images_per_unit=4", "--set", "output.rows_per_file=1",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and len(list((out / "images").glob("*.parquet"))) < 3:
-            assert proc.poll() is None, "the driver finished before it could be killed"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    committed = len(list((out / "images").glob("*.parquet")))
-    assert 3 <= committed < 24 and not (out / "run.json").exists()
-    _wait_for_no_live_detectors()
-
-    config = _config(str(shapes / "images"), str(out), **{"input.images_per_unit": 4, "model.name": "fasterrcnn_mobilenet_v3_large_fpn"})
-    summary = run_detect(config)
-    assert summary.images_resumed >= 3 and summary.images_processed == 24 - summary.images_resumed
-    assert (summary.images_ok, summary.images_error, summary.detections) == (20, 4, 100)
-    images, _ = _check_contract(str(out))
-    assert len(images) == 24
-
-
-def _wait_for_no_live_detectors(timeout: float = 60) -> None:
-    """A killed driver's actors are reaped by Ray asynchronously; wait until they are gone."""
-    from ray.util.state import list_actors
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not list_actors(filters=[("class_name", "=", DETECTOR_CLASS), ("state", "=", "ALIVE")]):
-            return
-        time.sleep(0.5)
-    raise AssertionError("detector actors of the killed driver are still alive")
-
-
-def test_actor_killed_mid_run_is_replaced(shapes, tmp_path):
-    from ray.util.state import list_actors
-
-    out = tmp_path / "out"
-    config = _config(str(shapes / "images"), str(out),
-                     **{"inference.batch_size": 1, "output.rows_per_file": 1, "input.images_per_unit": 4,
-                        "model.name": "fasterrcnn_mobilenet_v3_large_fpn"})  # slow enough to be caught mid-run
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(summary=run_detect(config)))
-    thread.start()
-    deadline, killed, committed_at_kill = time.time() + 240, None, 0
-    while time.time() < deadline and killed is None and thread.is_alive():
-        committed_at_kill = len(list((out / "images").glob("*.parquet")))
-        if committed_at_kill >= 2:
-            alive = list_actors(filters=[("class_name", "=", DETECTOR_CLASS), ("state", "=", "ALIVE")], detail=True)
-            if alive:
-                killed = alive[0]
-                os.kill(killed.pid, signal.SIGKILL)
-        time.sleep(0.1)
-    thread.join(timeout=300)
-    assert killed is not None and committed_at_kill < 20, "the run ended before an actor could be killed"
-    summary = result["summary"]
-    assert (summary.images_ok, summary.images_error, summary.detections) == (20, 4, 100)
-    images, _ = _check_contract(str(out))
-    assert len(images) == 24
 
 
 def test_coco128_real_images(coco128, tmp_path):

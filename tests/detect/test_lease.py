@@ -1,13 +1,12 @@
 """One writer per output: the lease (acquire, release, check, heartbeat) on local disk and on S3, two drivers
-started at once, a rerun right after a SIGKILL, a fenced zombie of an older generation, and a live holder on
-another host."""
+started at once, a fenced zombie of an older generation, and a live holder on another host. (A rerun right
+after a SIGKILL: tests/detect/test_crash.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +35,6 @@ from tests.helpers.exactly_once import (
     clean_reference,
     cli_args,
     detect_argv,
-    committed_parts,
     config_values,
     copy_tree,
     detect_config,
@@ -46,7 +44,6 @@ from tests.helpers.exactly_once import (
     snapshot,
     start_writer,
     wait_for,
-    wait_for_idle_cluster,
 )
 from tests.helpers.writer import FENCED_EXIT_CODE, calls, detector
 
@@ -230,26 +227,6 @@ def test_two_drivers_started_at_once(store, clean, ray_cluster):
     assert current_holder(out).pid == winner.pid and current_holder(out).released
     assert_same_as_clean(out, clean)
     check_invariants(out)
-
-
-def test_rerun_right_after_sigkill_needs_no_take_over(store, clean, ray_cluster, caplog):
-    out = store.output("sigkill")
-    proc = subprocess.Popen(cli_args(store, out, ray_cluster.address, rows_per_file=1),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: committed_parts(out) >= 2, 240, "two committed parts", proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    killed = current_holder(out)
-    assert killed.pid == proc.pid and not killed.released
-    # At once: the killed run's actors may still be committing; they are fenced off by generation 2.
-    summary = run_detect(detect_config(store, out, **{"output.rows_per_file": 1}))
-    assert "taking over the lease of a dead run" in caplog.text
-    assert summary.images_resumed >= 2 and read_json(storage.join(out, RUN_FILE))["lease_generation"] == 2
-    assert_same_as_clean(out, clean)
-    check_invariants(out)
-    wait_for_idle_cluster()
 
 
 @pytest.fixture(scope="module")

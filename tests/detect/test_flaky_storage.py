@@ -4,7 +4,7 @@ The driver runs as a subprocess (``python -m detbatch detect``) with ``AWS_ENDPO
 proxy (tests/helpers/fault_proxy.py): detbatch forwards ``AWS_*`` to the job's Ray workers when it connects
 itself, so the driver, the read tasks and the detector actors all go through the proxy, which fails their
 GETs, HEADs, LISTs, PUTs and DELETEs on a seeded schedule (one read task's storage fails for longer than the
-task retries, so that Ray Data reruns it). The listing of the input is tried under faults on its own, last.
+task retries, so that Ray Data reruns it). The listing under faults: tests/detect/test_listing_faults.py.
 
 The oracle is one clean run over the image files (``run_detect`` in this process, whose workers talk to moto
 directly), compared image by image (by file name) with each faulty run over the same images as files, tar
@@ -36,8 +36,6 @@ from detbatch.datasets.synth import synthesize
 from detbatch.detect.config import DetectConfig
 from detbatch.detect.driver import run_detect
 from detbatch.detect.sink import read_commit_log
-from detbatch.detect.units import list_input
-from detbatch.errors import InputError
 from tests.helpers.fault_proxy import FaultProxy, FaultRule
 
 FAST_MODEL = "ssdlite320_mobilenet_v3_large"
@@ -223,30 +221,3 @@ def test_detect_through_flaky_storage_is_exactly_once(kind, dataset, weights, cl
     counts = {"images_ok": int((images.status == "ok").sum()), "images_error": int((images.status != "ok").sum()),
               "detections": len(detections)}
     assert run["counts"] == counts == clean_run["counts"]
-
-
-@pytest.mark.parametrize("what", ["file", "folder", "glob", "missing"])
-def test_listing_the_input_outlasts_the_http_stacks_retries(what, s3_endpoint, monkeypatch):
-    """A 500 on each HEAD and LIST key once botocore's retries are spent (``AWS_MAX_ATTEMPTS=1`` here; five
-    500s in a row with botocore's defaults do the same, slower) is retried like every other storage call: the
-    listing is the input's, not "no such file" (fsspec's isfile() takes any error for that). An input that is
-    not there is still named at once."""
-    bucket = f"list-{uuid.uuid4().hex[:12]}"
-    direct = boto3.client("s3", endpoint_url=s3_endpoint)
-    direct.create_bucket(Bucket=bucket)
-    direct.put_object(Bucket=bucket, Key="src/a.png", Body=b"png")
-    uri = {"file": "src/a.png", "folder": "src", "glob": "src/*.png", "missing": "src/b.png"}[what]
-    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_S", 0.01)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    with FaultProxy(s3_endpoint, [FaultRule("500", ("HEAD", "LIST"), max_per_key=1)]) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        S3FileSystem.clear_instance_cache()
-        try:
-            if what == "missing":
-                with pytest.raises(InputError, match="no such file, folder or prefix"):
-                    list_input(f"s3://{bucket}/{uri}")
-            else:
-                assert list_input(f"s3://{bucket}/{uri}").uris == (f"s3://{bucket}/src/a.png",)
-        finally:
-            S3FileSystem.clear_instance_cache()
-        assert proxy.count("500") >= 1

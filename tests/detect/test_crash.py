@@ -19,12 +19,15 @@ import time
 import pytest
 
 from detbatch import storage
+from detbatch.cli import main as cli_main
 from detbatch.config import ConfigError
 from detbatch.detect.driver import run_detect
+from detbatch.detect.lease import LEASE_DIR
 from detbatch.detect.output import RUN_FILE, STATE_FILE, read_json
 from detbatch.detect.sink import read_commit_log
 from detbatch.faults import FAILPOINT_EXIT_CODE
 from tests.helpers.exactly_once import (
+    NUM_IMAGES,
     NUM_INPUTS,
     ROWS_PER_FILE,
     STORAGES,
@@ -34,6 +37,7 @@ from tests.helpers.exactly_once import (
     cli_args,
     committed_parts,
     config_values,
+    detect_argv,
     detect_config,
     run_writer,
     shared_store,
@@ -137,13 +141,15 @@ def test_overwrite_killed_after_clearing_parts(store, clean, ray_cluster):
 
 
 # Driver kills per storage: the first at a seeded time after the start (while it connects, leases, lists,
-# or starts its pool), the others a seeded time after a seeded number of further commits.
-DRIVER_KILLS = 3
+# or starts its pool), the next a seeded time after a seeded number of further commits.
+DRIVER_KILLS = 2
 
 
-def test_driver_killed_at_random_moments_then_rerun_converges(store, clean, ray_cluster, tmp_path):
+def test_resume_after_driver_killed_at_random_moments(store, clean, ray_cluster, tmp_path, capsys, caplog):
     """SIGKILL the CLI driver again and again, each rerun started at once (the killed run's actors may
-    still be committing), then a last rerun: the clean run, with every image once."""
+    still be committing: the rerun takes the dead run's lease without --take-over and fences them off by
+    generation); then the same command exits 0 having done only the rest (the clean run, every image
+    once), and the one after it finds the output complete."""
     rng = random.Random(f"driver-kills-{store.kind}")
     out = store.output("kills")
     args = cli_args(store, out, ray_cluster.address, rows_per_file=1)
@@ -166,12 +172,23 @@ def test_driver_killed_at_random_moments_then_rerun_converges(store, clean, ray_
             log.close()
         moments.append((before, committed_parts(out)))
         assert not storage.exists(storage.join(out, RUN_FILE))
+    assert moments[-1][1] > 0, moments  # the last kill landed mid-run
 
-    summary = run_detect(detect_config(store, out, **{"output.rows_per_file": 1}))
-    assert summary.images_resumed >= moments[-1][1] and summary.images_processed < NUM_INPUTS
+    # The same command again, in this process (on its connection to the test cluster).
+    capsys.readouterr()
+    assert cli_main(detect_argv(store, out, rows_per_file=1)) == 0
+    line = capsys.readouterr().out
+    resumed = int(re.search(r", (\d+) resumed -> ", line).group(1))
+    assert f"detect: {NUM_IMAGES} images ok, 1 in error, {len(clean.detections)} detections," in line, line
+    assert moments[-1][1] <= resumed < NUM_INPUTS  # parts the killed run's actors committed late count too
+    assert "taking over the lease of a dead run" in caplog.text
+    # One lease per run that got as far as taking one (the first kill may land before), this one the last.
+    leases = storage.list_names(storage.join(out, LEASE_DIR))
+    assert read_json(storage.join(out, RUN_FILE))["lease_generation"] == len(leases) >= 2
     assert_same_as_clean(out, clean)
     check_invariants(out)
-    assert run_detect(detect_config(store, out, **{"output.rows_per_file": 1})).already_complete
+    again = run_detect(detect_config(store, out, **{"output.rows_per_file": 1}))
+    assert again.already_complete and again.images_processed == 0
     wait_for_idle_cluster()
 
 
