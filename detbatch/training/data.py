@@ -99,7 +99,12 @@ def load_source(
     assert annotations is not None
     from detbatch.datasets.labels import load_annotations
 
-    coco = load_annotations(annotations, annotations_format, images=images, names=names, negatives=negatives).coco
+    labels = load_annotations(annotations, annotations_format, images=images, names=names, negatives=negatives)
+    coco = labels.coco
+    if labels.problems:  # each left out or dropped as load_annotations says; counted here, listed at DEBUG
+        logger.warning("data.%s_annotations %s: %s", role, annotations, labels.summary())
+        for problem in labels.problems:
+            logger.debug("%s: %s: %s", problem.file, problem.kind, problem.message)
     categories = [c for c in coco.get("categories", []) if isinstance(c, dict) and "id" in c]
     if not categories:
         raise ConfigError(f"{annotations}: no categories; data.{role}_annotations must be a COCO instances JSON with 'categories'")

@@ -54,3 +54,17 @@ def test_synth_formats_write_the_same_images(formats):
         assert (formats / format / "images" / "000001.png").read_bytes() == (formats / "coco" / "images" / "000001.png").read_bytes()
         assert (formats / format / "data.yaml").read_text().startswith("nc: 3\nnames:\n- square\n- circle\n- triangle\n")
     assert sorted(p.name for p in (formats / "voc" / "Annotations").iterdir()) == [f"{i:06d}.xml" for i in range(1, 7)]
+
+
+def test_training_counts_its_bad_labels(formats, tmp_path, caplog):
+    """A bad label file is left out of training, and the run says so, by kind: not a silent loss."""
+    import shutil
+
+    root = tmp_path / "yolo"
+    shutil.copytree(formats / "yolo", root)
+    (root / "labels" / "000002.txt").write_text("0 0.5 0.5 not-a-number 0.1\n")
+    (root / "labels" / "000003.txt").write_text("7 0.5 0.5 0.2 0.2\n")  # class 7 of 3
+    with caplog.at_level("WARNING", logger="detbatch.training.data"):
+        source = load_source(str(root / "labels"), None, None, "train")
+    assert "data.train_annotations" in caplog.text and "1 unknown_class" in caplog.text and "1 unparsable" in caplog.text
+    assert len(source.items) == 5  # the unparsable file's image is left out; the unknown class's box dropped
