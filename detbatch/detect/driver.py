@@ -348,6 +348,16 @@ def _raise_known_cause(error: BaseException, lease: Lease, stall_timeout_s: floa
         if known.__name__ in text:
             raise DetectIncomplete(f"the stream stopped: {text.splitlines()[-1]}; rerun the same command to "
                                    f"finish the rest") from error
+    # A detector that died on one call more often than its retries allow (and not on one image, which
+    # becomes an error row): the node's memory, a GPU fault, a lost node. What is committed stays.
+    for died in ("OutOfMemoryError", "ActorDiedError", "ActorUnavailableError", "RayActorError"):
+        if died in text:
+            raise DetectIncomplete(
+                f"a detector actor died more often than inference.max_retries allows ({died}); what was committed "
+                f"is kept. Rerun the same command to finish the rest; if it happens again, look at the actor's log "
+                f"(`ray logs`, or the dashboard) for the cause: out of memory (lower inference.batch_size or "
+                f"inference.object_store_fraction), a GPU fault, or a node lost.\n{text}"
+            ) from error
 
 
 def _count_output(output: str, log: sink.CommitLog) -> dict[str, int]:

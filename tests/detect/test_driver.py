@@ -234,3 +234,22 @@ def test_coco128_real_images(coco128, tmp_path):
     images, _ = _check_contract(out)
     truth = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
     assert {r.image_id: (r.width, r.height) for r in images.itertuples()} == truth
+
+
+@pytest.mark.parametrize("cause", ["ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.",
+                                   "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."])
+def test_a_detector_dead_past_its_retries_says_rerun_and_where_to_look(cause, tmp_path):
+    """A stream that fails because an actor died more often than its retries allow is a DetectIncomplete
+    (exit 1, "rerun the same command"), naming the setting and where the cause is logged, not a traceback."""
+    from detbatch.detect.driver import DetectIncomplete, _raise_known_cause
+    from detbatch.detect.lease import Lease
+
+    lease = Lease.acquire(str(tmp_path / "out"), 60)
+    try:
+        with pytest.raises(DetectIncomplete, match=r"died more often than inference\.max_retries.*Rerun the same command"
+                           r".*ray logs") as raised:
+            _raise_known_cause(RuntimeError(f"Failed to execute map_batches.\n{cause}"), lease, 900)
+        assert cause in str(raised.value)
+        _raise_known_cause(ValueError("a bug"), lease, 900)  # anything else propagates as it is
+    finally:
+        lease.release()

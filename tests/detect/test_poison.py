@@ -47,7 +47,7 @@ def test_an_image_that_crashes_the_model_becomes_an_error_row(ray_cluster, tmp_p
             sys.executable, "-m", "detbatch", "detect", "--input", str(images), "--output", str(tmp_path / out),
             "--model", "ssdlite320_mobilenet_v3_large", "--weights", "none", "--score-threshold", "0", "--device", "cpu",
             "--ray-address", ray_cluster.address, "--set", "model.detections_per_image=5",
-            "--set", "output.rows_per_file=8", "--set", "inference.batch_size=4",
+            "--set", "output.rows_per_file=2", "--set", "inference.batch_size=2",
         ], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
 
     clean = detect("clean")
