@@ -98,13 +98,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", help="Ray cluster to use for large inputs (default: the job's, else local)")
     p.add_argument("--allow-incomplete", action="store_true", default=None,
                    help="evaluate a detect run that is not finished (no run.json); metrics.json says complete: false")
+    p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", default=None,
+                   help="COCO: only the stats, without thresholds, thresholds.json and the confusion matrix")
+    p.add_argument("--confusion-iou", type=float, help="the IoU a confusion-matrix match must reach (default 0.5)")
+    p.add_argument("--confusion-score-threshold", type=float,
+                   help="one score threshold for the confusion matrix (default: each category's F1-optimal one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (e.g. use_ray=true)")
     p.set_defaults(run=_run_evaluate)
 
 
 # Evaluate's config is flat: each flag's dest is its key.
 EVALUATE_FLAGS = {key: key for key in ("detections", "ground_truth", "out", "metric", "iou_type", "pair_by", "ray_address",
-                                        "allow_incomplete", "annotations_format", "images", "names")}
+                                        "allow_incomplete", "annotations_format", "images", "names", "diagnostics",
+                                        "confusion_iou", "confusion_score_threshold")}
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

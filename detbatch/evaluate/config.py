@@ -36,6 +36,12 @@ class EvaluateConfig(Section):
     # records "complete": false).
     allow_incomplete: bool = False
     voc_plus_one: bool = False  # VOC devkit's +1 pixel in widths and areas (integer pixel boxes)
+    # COCO: thresholds (P/R/F1 by score, F1-optimal thresholds, thresholds.json) and the confusion matrix,
+    # in the same map/reduce as the stats (docs/evaluate.md, "Diagnostics").
+    diagnostics: bool = True
+    confusion_iou: float = Field(0.5, gt=0, le=1)  # the IoU a confusion-matrix match must reach
+    # null: each category's F1-optimal score threshold at IoU 0.5 (the overall one where it has none)
+    confusion_score_threshold: float | None = None
     plot_categories: int = Field(5, ge=0)  # categories with most ground truth in pr_curves.png
     # Ray: detections per matching task, and Parquet bytes per reading task.
     rows_per_bucket: int = Field(1_000_000, gt=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,17 @@ def reduce_shard(metric: Metric, category_ids: np.ndarray, gt_counts: np.ndarray
     return result, _task_stats(started, memory)
 
 
+def confuse_bucket(metric: Metric, gt: GroundTruth, result: Any, *tables: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stage 4 (diagnostics): the confusion matrix of one bucket's images, at the reduce's thresholds."""
+    import pyarrow as pa
+
+    started = time.perf_counter(), time.process_time()
+    with PrivateMemoryPeak() as memory:
+        dt, _ = paired_detections(pa.concat_tables(tables), Pairing(gt.image_ids, gt.image_ids, {}))
+        matrix = metric.confusion(gt, dt, result)
+    return matrix, _task_stats(started, memory)
+
+
 def balanced_shards(weights: np.ndarray, shards: int) -> np.ndarray:
     """Shard of each category: heaviest first onto the lightest shard (weights: ground-truth counts,
     a proxy for the number of records)."""
@@ -147,9 +159,11 @@ def evaluate_ray(
     read_stats = [s[buckets] for s in split]
     match = ray.remote(match_bucket).options(num_returns=shards + 1)
     matched = []
-    for b, bucket_gt in enumerate(gt.split_images(buckets)):
-        matched.append(match.remote(metric, ray.put(bucket_gt), shard_of, shards, *[s[b] for s in split]))
-    del split  # the match tasks hold what they need; the rest is freed as they finish
+    bucket_gts = [ray.put(bucket_gt) for bucket_gt in gt.split_images(buckets)]
+    for b, bucket_gt in enumerate(bucket_gts):
+        matched.append(match.remote(metric, bucket_gt, shard_of, shards, *[s[b] for s in split]))
+    if metric.confusion is None:
+        del split  # the match tasks hold what they need; the rest is freed as they finish
     match_stats = [m[shards] for m in matched]
     reduce_ = ray.remote(reduce_shard)
     reduced = [reduce_.remote(metric, gt.category_ids, gt_counts, *[m[s] for m in matched]) for s in range(shards)]
@@ -167,6 +181,16 @@ def evaluate_ray(
     counts["detections_unpaired"] = unpaired
     result = metric.combine(gt.category_ids, gt_counts, parts)
     stages = {"read": _stage_summary(read_stats), "match": _stage_summary(match_stats), "reduce": _stage_summary(reduce_stats)}
+    if metric.confusion is not None:
+        # The confusion matrix needs the reduce's thresholds: a fourth stage over the same bucket pieces
+        # (kept in the object store), not a second read of the Parquet.
+        confuse = ray.remote(confuse_bucket).options(num_returns=2)
+        result_ref = ray.put(result)
+        confused = [confuse.remote(metric, bucket_gt, result_ref, *[s[b] for s in split]) for b, bucket_gt in enumerate(bucket_gts)]
+        del split
+        matrices = ray.get([c[0] for c in confused])
+        result = replace(result, confusion=np.sum(matrices, axis=0))
+        stages["confusion"] = _stage_summary(ray.get([c[1] for c in confused]))
     execution = {
         "engine": "ray",
         "cpus": cpus,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from detbatch.errors import InputError
@@ -31,6 +32,8 @@ def evaluate_local(
     records = metric.match(gt, dt)
     gt_counts = metric.count(gt)
     result = metric.combine(gt.category_ids, gt_counts, accumulate_by_category(records, gt.category_ids, gt_counts, metric.accumulate))
+    if metric.confusion is not None:
+        result = replace(result, confusion=metric.confusion(gt, dt, result))
     return result, counts, {"engine": "local", "peak_rss_mib_driver": peak_rss_mib()}
 
 

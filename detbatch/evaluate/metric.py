@@ -10,21 +10,41 @@ from typing import Any, Callable
 import numpy as np
 
 from detbatch.evaluate.config import EvaluateConfig
-from detbatch.metrics import coco, coco_reduce, voc
+from detbatch.metrics import coco, coco_reduce, thresholds, voc
 from detbatch.metrics.coco import Detections, GroundTruth, MatchRecords, evaluated_detections
+from detbatch.metrics.confusion import confusion_matrix
 
 
 @dataclass(frozen=True)
 class Metric:
+    """The steps; ``confusion``, when set, is the map of the confusion matrix, run per set of whole images
+    once the reduce has given the thresholds: (ground truth, detections, combined result) -> int64 [K+1, K+1]."""
+
     match: Callable[[GroundTruth, Detections], MatchRecords]
     count: Callable[[GroundTruth], np.ndarray]
     accumulate: Callable[[MatchRecords, np.ndarray], tuple[Any, ...]]
     combine: Callable[[np.ndarray, np.ndarray, dict[int, tuple[Any, ...]]], Any]
+    confusion: Callable[[GroundTruth, Detections, Any], np.ndarray] | None = None
+
+
+def _confusion(config: EvaluateConfig) -> Callable[[GroundTruth, Detections, Any], np.ndarray]:
+    given, iou = config.confusion_score_threshold, config.confusion_iou
+
+    def confusion(gt: GroundTruth, dt: Detections, result: Any) -> np.ndarray:
+        return confusion_matrix(gt, dt, thresholds.confusion_score_thresholds(result.category_ids, result.thresholds, given), iou)
+
+    return confusion
 
 
 def metric_for(config: EvaluateConfig) -> Metric:
+    coco_metric = (
+        Metric(coco.match_images, coco.count_ground_truth, thresholds.accumulate_with_thresholds,
+               thresholds.combine_with_thresholds, _confusion(config))
+        if config.diagnostics
+        else Metric(coco.match_images, coco.count_ground_truth, coco_reduce.accumulate_category, coco_reduce.combine)
+    )  # fmt: skip
     metrics = {
-        "coco": Metric(coco.match_images, coco.count_ground_truth, coco_reduce.accumulate_category, coco_reduce.combine),
+        "coco": coco_metric,
         "voc": Metric(
             lambda gt, dt: voc.match_images_voc(gt, dt, config.voc_plus_one),
             voc.count_ground_truth_voc,

@@ -1,5 +1,5 @@
-"""What an evaluation writes under ``out``: ``metrics.json``, ``report.md``, ``pr_curves.png``
-(docs/evaluate.md)."""
+"""What an evaluation writes under ``out``: ``metrics.json``, ``report.md``, ``pr_curves.png``, and with the
+diagnostics ``thresholds.json`` (docs/evaluate.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from detbatch import storage
 from detbatch.evaluate.config import EvaluateConfig
 from detbatch.metrics import coco
 from detbatch.metrics.report import pr_curves_png, report_markdown
+from detbatch.metrics.thresholds import confusion_score_thresholds, score_thresholds, thresholds_dict
 
 
 def category_names(names: dict[int, str]) -> dict[int, str]:
@@ -29,7 +30,34 @@ def metrics_dict(config: EvaluateConfig, result: Any, names: dict[int, str]) -> 
         head = {"metric": "voc", "mAP": result.mean_ap, "mAP_11point": result.mean_ap11}
     else:
         head = {"metric": "coco", "iou_type": config.iou_type, **result.stats_dict()}
-    return {**head, "per_category": per_category}
+    return {**head, "per_category": per_category, **diagnostics_dict(config, result, names)}
+
+
+def diagnostics_dict(config: EvaluateConfig, result: Any, names: dict[int, str]) -> dict[str, Any]:
+    """metrics.json ``thresholds`` and ``confusion`` (docs/evaluate.md, "Diagnostics"); none without them."""
+    out: dict[str, Any] = {}
+    if getattr(result, "thresholds", None) is not None:
+        th = thresholds_dict(result.category_ids, result.thresholds)
+        th["per_category"] = {names[int(k)]: {"category_id": int(k), **v} for k, v in th["per_category"].items()}
+        out["thresholds"] = th
+    if getattr(result, "confusion", None) is not None:
+        used = confusion_score_thresholds(result.category_ids, result.thresholds, config.confusion_score_threshold)
+        out["confusion"] = {
+            "iou": config.confusion_iou,
+            "score_threshold": "f1_optimal" if config.confusion_score_threshold is None else config.confusion_score_threshold,
+            "score_thresholds": {names[int(k)]: (None if np.isinf(t) else float(t)) for k, t in zip(result.category_ids, used)},
+            "labels": [names[int(k)] for k in result.category_ids] + ["background"],
+            "category_ids": [int(k) for k in result.category_ids],
+            "matrix": result.confusion.tolist(),
+        }
+    return out
+
+
+def thresholds_json(result: Any) -> dict[str, Any]:
+    """thresholds.json: the F1-optimal score threshold at IoU 0.5 per category id, and the overall one as
+    ``default`` (null when no threshold gives a true positive) — what detect's ``--score-threshold`` takes."""
+    per, default = score_thresholds(result.category_ids, result.thresholds, 0.5)
+    return {"per_category": {str(k): v for k, v in per.items()}, "default": default}
 
 
 def _pr_panels(config: EvaluateConfig, result: Any, names: dict[int, str]) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -54,3 +82,5 @@ def write_outputs(config: EvaluateConfig, metrics: dict[str, Any], result: Any, 
     storage.write_text(storage.join(config.out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     storage.write_text(storage.join(config.out, "report.md"), report_markdown(metrics))
     storage.write_bytes(storage.join(config.out, "pr_curves.png"), pr_curves_png(_pr_panels(config, result, names)))
+    if getattr(result, "thresholds", None) is not None:
+        storage.write_text(storage.join(config.out, "thresholds.json"), json.dumps(thresholds_json(result), indent=2) + "\n")

@@ -126,6 +126,10 @@ class CocoResult:
         category_ids: int64 [K].
         num_gt: int64 [K], counted ground truth (not crowd), all areas.
         num_detections: int64 [K], evaluated detections (all ranks).
+        thresholds: per category, its :class:`~detbatch.metrics.thresholds.CategoryThresholds`, when the
+            diagnostics were computed (else None).
+        confusion: int64 [K + 1, K + 1], :func:`~detbatch.metrics.confusion.confusion_matrix` summed
+            over every image, when computed (else None).
     """
 
     precision: np.ndarray
@@ -134,6 +138,8 @@ class CocoResult:
     category_ids: np.ndarray
     num_gt: np.ndarray
     num_detections: np.ndarray
+    thresholds: list[Any] | None = None
+    confusion: np.ndarray | None = None
 
     def stats_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in zip(STAT_KEYS, self.stats)}
