@@ -11,7 +11,7 @@ import numpy as np
 from detbatch import storage
 from detbatch.evaluate.config import EvaluateConfig
 from detbatch.metrics import coco
-from detbatch.metrics.report import pr_curves_png, report_markdown
+from detbatch.metrics.report import confusion_png, pr_curves_png, report_markdown, thresholds_png
 from detbatch.metrics.thresholds import confusion_score_thresholds, score_thresholds, thresholds_dict
 
 
@@ -84,3 +84,6 @@ def write_outputs(config: EvaluateConfig, metrics: dict[str, Any], result: Any, 
     storage.write_bytes(storage.join(config.out, "pr_curves.png"), pr_curves_png(_pr_panels(config, result, names)))
     if getattr(result, "thresholds", None) is not None:
         storage.write_text(storage.join(config.out, "thresholds.json"), json.dumps(thresholds_json(result), indent=2) + "\n")
+        storage.write_bytes(storage.join(config.out, "thresholds.png"), thresholds_png(metrics["thresholds"]))
+    if "confusion" in metrics:
+        storage.write_bytes(storage.join(config.out, "confusion.png"), confusion_png(metrics["confusion"]))

@@ -11,6 +11,8 @@ training validation calls it directly. The modules, in the order an evaluation r
     grouping     what both metrics share: detections by (image, category), records by category
     coco         the map, as COCOeval.evaluateImg: match_images
     coco_reduce  the reduce, as COCOeval.accumulate/summarize: CocoResult
+    thresholds   P/R/F1 by score threshold, F1-optimal thresholds: a sweep in the COCO reduce
+    confusion    the confusion matrix with a background class, a map over images
     voc          Pascal VOC AP, map and reduce
     report       summary lines, report.md, precision/recall curves
 """

@@ -1,4 +1,5 @@
-"""Human-readable views of an evaluation's metrics dict: pycocotools' summary lines, report.md, PR curves."""
+"""Human-readable views of an evaluation's metrics dict: pycocotools' summary lines, report.md, PR curves,
+and with the diagnostics the confusion heatmap and the P/R/F1-by-threshold curves."""
 
 from __future__ import annotations
 
@@ -78,26 +79,116 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     rows = sorted(metrics["per_category"].items(), key=lambda kv: (kv[1]["AP"] == -1, -kv[1]["AP"], kv[0]))
     for name, row in rows:
         out.append(f"| {name} | {row['category_id']} | " + " | ".join(_cell(row[c]) for c in cols) + " |")
+    if "thresholds" in metrics:
+        out += ["", *_threshold_table(metrics["thresholds"])]
+    if "confusion" in metrics:
+        out += ["", *_confusion_table(metrics["confusion"])]
     return "\n".join(out) + "\n"
+
+
+def _threshold_table(thresholds: dict[str, Any]) -> list[str]:
+    """The F1-optimal threshold and its precision, recall, F1 at IoU 0.50 and 0.75, overall and per category."""
+    ious = list(thresholds["overall"])
+    out = [
+        "## Score thresholds (F1-optimal)",
+        "",
+        "Overall: one threshold for all categories, on a 0.001 grid; per category: exact (`thresholds.json`: IoU 0.50).",
+        "",
+        "| category | " + " | ".join(f"{k} @ IoU {iou}" for iou in ious for k in ("threshold", "P", "R", "F1")) + " |",
+        "|---" * (1 + 4 * len(ious)) + "|",
+    ]
+    rows = [("**overall**", thresholds["overall"])] + sorted(thresholds["per_category"].items())
+    for name, row in rows:
+        cells = []
+        for iou in ious:
+            best = row[iou]["best"]
+            cells += ["—" if best["threshold"] is None else f"{best['threshold']:.3f}"]
+            cells += [f"{best[k]:.3f}" for k in ("precision", "recall", "f1")]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _confusion_table(confusion: dict[str, Any]) -> list[str]:
+    """The confusion matrix as a table: rows ground truth (or background), columns predicted (or missed)."""
+    labels = confusion["labels"]
+    threshold = confusion["score_threshold"]
+    out = [
+        "## Confusion matrix",
+        "",
+        f"IoU ≥ {confusion['iou']}, score threshold {'F1-optimal per category' if threshold == 'f1_optimal' else threshold}; "
+        "rows: ground truth (background: detections that matched nothing), columns: predicted (background: missed).",
+        "",
+        "| ground truth \\ predicted | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
+    for label, row in zip(labels, confusion["matrix"]):
+        out.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return out
+
+
+def _figure(width: float, height: float, panels: int = 1) -> tuple[Any, Any]:
+    # The object API with the Agg canvas: no pyplot state, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def _png(fig: Any) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def confusion_png(confusion: dict[str, Any]) -> bytes:
+    """A heatmap of metrics.json ``confusion``, each row normalised to its total (counts written in)."""
+    matrix = np.asarray(confusion["matrix"], dtype=np.float64)
+    labels = confusion["labels"]
+    n = len(labels)
+    fig, (ax,) = _figure(max(5.0, 0.45 * n + 2), max(4.0, 0.45 * n + 1.5))
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the row")
+    if n <= 30:  # beyond that the numbers would not be legible
+        for (i, j), v in np.ndenumerate(matrix):
+            if v:
+                ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set(xlabel="predicted (background: missed)", ylabel="ground truth (background: false detection)",
+           title=f"confusion matrix, IoU >= {confusion['iou']}")
+    return _png(fig)
+
+
+def thresholds_png(thresholds: dict[str, Any]) -> bytes:
+    """Precision, recall and F1 against the score threshold (all categories), one panel per IoU, the
+    F1-optimal threshold marked."""
+    ious = list(thresholds["overall"])
+    fig, axes = _figure(6 * len(ious), 4.5, len(ious))
+    for ax, iou in zip(axes, ious):
+        curves = thresholds["overall"][iou]
+        for key in ("precision", "recall", "f1"):
+            ax.plot(thresholds["scores"], curves[key], label=key, linewidth=2.5 if key == "f1" else 1.2)
+        best = curves["best"]
+        if best["threshold"] is not None:
+            ax.axvline(best["threshold"], color="grey", linestyle="--", label=f"best F1 {best['f1']:.3f} @ {best['threshold']:.3f}")
+        ax.set(title=f"all categories, IoU={iou}", xlabel="score threshold", xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def pr_curves_png(panels: list[tuple[str, dict[str, np.ndarray]]]) -> bytes:
     """A PNG of precision/recall curves, one panel per ``(title, {label: precision [R]})``, each curve
     sampled at ``RECALL_THRESHOLDS``; the first label of a panel is drawn bold (the overall curve)."""
-    # The object API with the Agg canvas: no pyplot state, no global backend switch.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6 * len(panels), 5))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, (title, curves) in zip(axes[0], panels):
+    fig, axes = _figure(6 * len(panels), 5, len(panels))
+    for ax, (title, curves) in zip(axes, panels):
         for i, (label, precision) in enumerate(curves.items()):
             ax.plot(RECALL_THRESHOLDS, precision, label=label, linewidth=2.5 if i == 0 else 1.2)
         ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return _png(fig)

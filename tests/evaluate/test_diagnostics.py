@@ -36,9 +36,16 @@ def test_metrics_json_and_thresholds_json_hold_the_diagnostics(tmp_path):
     assert confusion["matrix"] == expected.tolist()
     assert used == [saved["per_category"].get(str(int(k)), saved["default"]) for k in gt.category_ids]
 
+    for png in ("confusion.png", "thresholds.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "## Score thresholds (F1-optimal)" in report and "## Confusion matrix" in report
+    assert "| background | " + " | ".join(str(v) for v in confusion["matrix"][-1]) + " |" in report
+
     plain = run_evaluate(EvaluateConfig(detections=run, ground_truth=gt_uri, out=str(tmp_path / "plain"), diagnostics=False))
     assert "thresholds" not in plain and "confusion" not in plain
-    assert not (tmp_path / "plain" / "thresholds.json").exists()
+    assert not any((tmp_path / "plain" / f).exists() for f in ("thresholds.json", "confusion.png", "thresholds.png"))
+    assert "Confusion" not in (tmp_path / "plain" / "report.md").read_text()
     assert {k: plain[k] for k in ("AP", "AP50", "per_category")} == {k: metrics[k] for k in ("AP", "AP50", "per_category")}
 
 
