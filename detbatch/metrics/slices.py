@@ -1,0 +1,90 @@
+"""AP, AP50 and AR100 per slice of the images (a value of an image column), in the COCO reduce
+(docs/evaluate.md, "Slices").
+
+Each image's match records depend on that image alone, so pycocotools run on the images of one slice
+alone gives, per category, the accumulation of those images' records against those images' ground-truth
+count. The reduce runs that accumulation per slice in the same task as the whole-set one: the slices'
+counts ride along the category's count row (``[A + S * A]``), so every engine passes them unchanged, and
+the means are taken as ``summarize`` takes them, over the same [T, R, K] layout, which makes each slice's
+numbers pycocotools' exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detbatch.metrics.coco import AREA_LABELS, MAX_DETECTIONS, NUM_AREAS, count_ground_truth
+from detbatch.metrics.coco_reduce import accumulate_category
+from detbatch.metrics.columns import GroundTruth, MatchRecords
+from detbatch.metrics.grouping import mean_valid
+
+SLICE_KEYS = ("AP", "AP50", "AR100")
+_ALL, _M100 = AREA_LABELS.index("all"), MAX_DETECTIONS.index(100)
+
+
+@dataclass(frozen=True)
+class Slices:
+    """The images of each slice.
+
+    Attributes:
+        names: ``[S]`` slice labels (``"COLUMN=VALUE"``), one per slice.
+        image_ids: int64 [I] sorted, the ground-truth images that have a slice.
+        slice_of: int64 [I], the slice (index into ``names``) of each of ``image_ids``.
+    """
+
+    names: list[str]
+    image_ids: np.ndarray
+    slice_of: np.ndarray
+
+    def of(self, image_id: np.ndarray) -> np.ndarray:
+        """int64 [N], the slice of each image id, -1 for an image without one."""
+        at = np.minimum(np.searchsorted(self.image_ids, image_id), max(len(self.image_ids) - 1, 0))
+        found = (self.image_ids[at] == image_id) if len(self.image_ids) else np.zeros(len(image_id), dtype=bool)
+        return np.where(found, self.slice_of[at] if len(self.image_ids) else -1, -1)
+
+    def ground_truth_counts(self, gt: GroundTruth) -> np.ndarray:
+        """int64 [K, A + S * A]: :func:`count_ground_truth` of the whole set, then of each slice's images."""
+        parts = [count_ground_truth(gt)]
+        for s in range(len(self.names)):
+            parts.append(count_ground_truth(gt.select_images(self.image_ids[self.slice_of == s])))
+        return np.concatenate(parts, axis=1)
+
+
+def accumulate_slices(slices: Slices, records: MatchRecords, counts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per slice, the category's precision [T, R] and recall [T] (area all, maxDets 100) over the records
+    of that slice's images; ``counts``: [A + S * A] from :meth:`Slices.ground_truth_counts`."""
+    slice_of = slices.of(records.image_id)
+    out = []
+    for s in range(len(slices.names)):
+        p, r = accumulate_category(records.take(np.flatnonzero(slice_of == s)), counts[NUM_AREAS * (s + 1) : NUM_AREAS * (s + 2)])
+        out.append((p[:, :, _ALL, _M100], r[:, _ALL, _M100]))
+    return out
+
+
+def slice_stats(slices: Slices, per_category: list[list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, dict[str, Any]]:
+    """``{slice name: {"AP", "AP50", "AR100", "images"}}`` from every category's :func:`accumulate_slices`
+    (in ``category_ids`` order): the means of pycocotools' ``summarize`` on that slice alone."""
+    out = {}
+    for s, name in enumerate(slices.names):
+        precision = np.stack([c[s][0] for c in per_category], axis=2)  # [T, R, K]
+        recall = np.stack([c[s][1] for c in per_category], axis=1)  # [T, K]
+        out[name] = {
+            "AP": mean_valid(precision),
+            "AP50": mean_valid(precision[:1]),
+            "AR100": mean_valid(recall),
+            "images": int((slices.slice_of == s).sum()),
+        }
+    return out
+
+
+def evaluate_slices(gt: GroundTruth, records: MatchRecords, slices: Slices) -> dict[str, dict[str, Any]]:
+    """:func:`slice_stats` of whole-evaluation ``records`` in this process (tests, training validation)."""
+    counts = slices.ground_truth_counts(gt)
+    by_category = []
+    k_of = np.searchsorted(gt.category_ids, records.category_id)
+    for k in range(len(gt.category_ids)):
+        by_category.append(accumulate_slices(slices, records.take(np.flatnonzero(k_of == k)), counts[k]))
+    return slice_stats(slices, by_category)
