@@ -103,6 +103,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confusion-iou", type=float, help="the IoU a confusion-matrix match must reach (default 0.5)")
     p.add_argument("--confusion-score-threshold", type=float,
                    help="one score threshold for the confusion matrix (default: each category's F1-optimal one)")
+    p.add_argument("--slice-by", action="append", metavar="COLUMN",
+                   help="AP/AP50/AR100 per value of COLUMN (repeatable): images table, --slice-metadata, num_objects, image_size")
+    p.add_argument("--slice-metadata", help="a Parquet or CSV table joined on image_id or uri, with the columns to slice by")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (e.g. use_ray=true)")
     p.set_defaults(run=_run_evaluate)
 
@@ -110,7 +113,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 # Evaluate's config is flat: each flag's dest is its key.
 EVALUATE_FLAGS = {key: key for key in ("detections", "ground_truth", "out", "metric", "iou_type", "pair_by", "ray_address",
                                         "allow_incomplete", "annotations_format", "images", "names", "diagnostics",
-                                        "confusion_iou", "confusion_score_threshold")}
+                                        "confusion_iou", "confusion_score_threshold", "slice_by", "slice_metadata")}
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

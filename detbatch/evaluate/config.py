@@ -42,6 +42,10 @@ class EvaluateConfig(Section):
     confusion_iou: float = Field(0.5, gt=0, le=1)  # the IoU a confusion-matrix match must reach
     # null: each category's F1-optimal score threshold at IoU 0.5 (the overall one where it has none)
     confusion_score_threshold: float | None = None
+    # COCO: AP/AP50/AR100 per value of each of these columns: of the run's images table, of slice_metadata,
+    # or derived (num_objects, image_size); docs/evaluate.md, "Slices".
+    slice_by: list[str] = []
+    slice_metadata: str | None = None  # a Parquet or CSV table with image_id or uri, and the columns to slice by
     plot_categories: int = Field(5, ge=0)  # categories with most ground truth in pr_curves.png
     # Ray: detections per matching task, and Parquet bytes per reading task.
     rows_per_bucket: int = Field(1_000_000, gt=0)

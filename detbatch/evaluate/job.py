@@ -16,6 +16,7 @@ from detbatch.evaluate.distributed import evaluate_ray
 from detbatch.evaluate.inputs import DETECTION_COLUMNS, Pairing, Run, load_ground_truth, open_run, pair_images, paired_detections, read_table
 from detbatch.evaluate.metric import Metric, detection_counts, metric_for
 from detbatch.evaluate.outputs import category_names, metrics_dict, write_outputs
+from detbatch.evaluate.slicing import image_slices
 from detbatch.metrics.coco import GroundTruth
 from detbatch.metrics.grouping import accumulate_by_category
 from detbatch.runtime import peak_rss_mib
@@ -59,7 +60,8 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
     pairing = pair_images(run, coco_ds, gt, config.pair_by)
     if config.image_set == "run":
         gt = gt.select_images(pairing.gt_with_run)
-    metric = metric_for(config)
+    slices = image_slices(config.slice_by, run, pairing, gt, config.slice_metadata) if config.slice_by and config.metric == "coco" else None
+    metric = metric_for(config, slices)
     use_ray = config.use_ray if config.use_ray is not None else run.detection_bytes > config.local_max_bytes
     evaluate = evaluate_ray if use_ray and run.detection_files else evaluate_local
     result, counts, execution = evaluate(run, pairing, gt, metric, config)

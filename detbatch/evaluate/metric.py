@@ -4,7 +4,7 @@ process and the stages on Ray: match whole images, count ground truth, accumulat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -13,6 +13,7 @@ from detbatch.evaluate.config import EvaluateConfig
 from detbatch.metrics import coco, coco_reduce, thresholds, voc
 from detbatch.metrics.coco import Detections, GroundTruth, MatchRecords, evaluated_detections
 from detbatch.metrics.confusion import confusion_matrix
+from detbatch.metrics.slices import Slices, accumulate_slices, slice_stats
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,25 @@ def _confusion(config: EvaluateConfig) -> Callable[[GroundTruth, Detections, Any
     return confusion
 
 
-def metric_for(config: EvaluateConfig) -> Metric:
+def _with_slices(metric: Metric, slices: Slices) -> Metric:
+    """``metric`` with AP/AP50/AR100 per slice in the same reduce: the slices' ground-truth counts ride
+    along each category's count row, their accumulations along its parts (docs/evaluate.md, "Slices")."""
+    inner_accumulate, inner_combine = metric.accumulate, metric.combine
+
+    def accumulate(records: MatchRecords, counts: np.ndarray) -> tuple[Any, ...]:
+        return (*inner_accumulate(records, counts), accumulate_slices(slices, records, counts))
+
+    def combine(category_ids: np.ndarray, gt_counts: np.ndarray, parts: dict[int, tuple[Any, ...]]) -> Any:
+        result = inner_combine(category_ids, gt_counts, {c: (*v[:-2], v[-1]) for c, v in parts.items()})
+        empty = MatchRecords.empty()
+        per = [parts[int(c)][-2] if int(c) in parts else accumulate_slices(slices, empty, gt_counts[k]) for k, c in enumerate(category_ids)]
+        return replace(result, slices=slice_stats(slices, per))
+
+    return replace(metric, count=slices.ground_truth_counts, accumulate=accumulate, combine=combine)
+
+
+def metric_for(config: EvaluateConfig, slices: Slices | None = None) -> Metric:
+    """The metric of ``config``; with ``slices`` (COCO only), also the slices' stats."""
     coco_metric = (
         Metric(coco.match_images, coco.count_ground_truth, thresholds.accumulate_with_thresholds,
                thresholds.combine_with_thresholds, _confusion(config))
@@ -52,6 +71,8 @@ def metric_for(config: EvaluateConfig) -> Metric:
             voc.combine_voc,
         ),
     }
+    if slices is not None and config.metric == "coco":
+        return _with_slices(metrics["coco"], slices)
     return metrics[config.metric]
 
 

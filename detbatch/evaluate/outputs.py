@@ -50,6 +50,8 @@ def diagnostics_dict(config: EvaluateConfig, result: Any, names: dict[int, str])
             "category_ids": [int(k) for k in result.category_ids],
             "matrix": result.confusion.tolist(),
         }
+    if getattr(result, "slices", None) is not None:
+        out["slices"] = result.slices
     return out
 
 

@@ -130,6 +130,8 @@ class CocoResult:
             diagnostics were computed (else None).
         confusion: int64 [K + 1, K + 1], :func:`~detbatch.metrics.confusion.confusion_matrix` summed
             over every image, when computed (else None).
+        slices: slice name -> ``AP``, ``AP50``, ``AR100``, ``images``
+            (:func:`~detbatch.metrics.slices.slice_stats`), when slices were asked for (else None).
     """
 
     precision: np.ndarray
@@ -140,6 +142,7 @@ class CocoResult:
     num_detections: np.ndarray
     thresholds: list[Any] | None = None
     confusion: np.ndarray | None = None
+    slices: dict[str, dict[str, Any]] | None = None
 
     def stats_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in zip(STAT_KEYS, self.stats)}

@@ -83,6 +83,11 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         out += ["", *_threshold_table(metrics["thresholds"])]
     if "confusion" in metrics:
         out += ["", *_confusion_table(metrics["confusion"])]
+    if "slices" in metrics:
+        out += ["", "## Slices", "", "Each as pycocotools on the slice's images alone.", "",
+                "| slice | images | AP | AP50 | AR100 |", "|---|---|---|---|---|"]
+        out += [f"| {name} | {row['images']} | " + " | ".join(_cell(row[k]) for k in ("AP", "AP50", "AR100")) + " |"
+                for name, row in metrics["slices"].items()]
     return "\n".join(out) + "\n"
 
 

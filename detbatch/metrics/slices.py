@@ -27,39 +27,28 @@ _ALL, _M100 = AREA_LABELS.index("all"), MAX_DETECTIONS.index(100)
 
 @dataclass(frozen=True)
 class Slices:
-    """The images of each slice.
+    """The images of each slice; an image may be in several (one per sliced column) or in none.
 
     Attributes:
-        names: ``[S]`` slice labels (``"COLUMN=VALUE"``), one per slice.
-        image_ids: int64 [I] sorted, the ground-truth images that have a slice.
-        slice_of: int64 [I], the slice (index into ``names``) of each of ``image_ids``.
+        names: ``[S]`` slice labels (``"COLUMN=VALUE"``).
+        members: ``[S]`` int64 sorted arrays, the ground-truth image ids of each slice.
     """
 
     names: list[str]
-    image_ids: np.ndarray
-    slice_of: np.ndarray
-
-    def of(self, image_id: np.ndarray) -> np.ndarray:
-        """int64 [N], the slice of each image id, -1 for an image without one."""
-        at = np.minimum(np.searchsorted(self.image_ids, image_id), max(len(self.image_ids) - 1, 0))
-        found = (self.image_ids[at] == image_id) if len(self.image_ids) else np.zeros(len(image_id), dtype=bool)
-        return np.where(found, self.slice_of[at] if len(self.image_ids) else -1, -1)
+    members: list[np.ndarray]
 
     def ground_truth_counts(self, gt: GroundTruth) -> np.ndarray:
         """int64 [K, A + S * A]: :func:`count_ground_truth` of the whole set, then of each slice's images."""
-        parts = [count_ground_truth(gt)]
-        for s in range(len(self.names)):
-            parts.append(count_ground_truth(gt.select_images(self.image_ids[self.slice_of == s])))
+        parts = [count_ground_truth(gt)] + [count_ground_truth(gt.select_images(ids)) for ids in self.members]
         return np.concatenate(parts, axis=1)
 
 
 def accumulate_slices(slices: Slices, records: MatchRecords, counts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per slice, the category's precision [T, R] and recall [T] (area all, maxDets 100) over the records
     of that slice's images; ``counts``: [A + S * A] from :meth:`Slices.ground_truth_counts`."""
-    slice_of = slices.of(records.image_id)
     out = []
-    for s in range(len(slices.names)):
-        p, r = accumulate_category(records.take(np.flatnonzero(slice_of == s)), counts[NUM_AREAS * (s + 1) : NUM_AREAS * (s + 2)])
+    for s, ids in enumerate(slices.members):
+        p, r = accumulate_category(records.take(np.flatnonzero(np.isin(records.image_id, ids))), counts[NUM_AREAS * (s + 1) : NUM_AREAS * (s + 2)])
         out.append((p[:, :, _ALL, _M100], r[:, _ALL, _M100]))
     return out
 
@@ -75,7 +64,7 @@ def slice_stats(slices: Slices, per_category: list[list[tuple[np.ndarray, np.nda
             "AP": mean_valid(precision),
             "AP50": mean_valid(precision[:1]),
             "AR100": mean_valid(recall),
-            "images": int((slices.slice_of == s).sum()),
+            "images": len(slices.members[s]),
         }
     return out
 
