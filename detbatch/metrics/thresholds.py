@@ -33,12 +33,12 @@ _BITS = tuple(int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, x))[0]) for x in THR
 def prf1(tp: np.ndarray, fp: np.ndarray, num_gt: np.ndarray | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision ``tp / (tp + fp)`` (0 with no detection), recall ``tp / num_gt`` (0 without ground truth)
     and F1 ``2 tp / (tp + fp + num_gt)``, float64, elementwise."""
-    tp, fp = np.asarray(tp, dtype=np.float64), np.asarray(fp, dtype=np.float64)
-    num_gt = np.asarray(num_gt, dtype=np.float64)
-    precision = np.divide(tp, tp + fp, out=np.zeros(np.broadcast(tp, fp).shape), where=(tp + fp) > 0)
-    recall = np.divide(tp, num_gt + 0 * tp, out=np.zeros_like(precision), where=(num_gt + 0 * tp) > 0)
-    total = tp + fp + num_gt
-    f1 = np.divide(2 * tp, total, out=np.zeros_like(precision), where=total > 0)
+    tp, fp = np.asarray(tp, dtype=np.float64), np.asarray(fp, dtype=np.float64)  # the same shape
+    n = np.broadcast_to(np.asarray(num_gt, dtype=np.float64), tp.shape)
+    kept, total = tp + fp, tp + fp + n
+    precision = np.divide(tp, kept, out=np.zeros_like(tp), where=kept > 0)
+    recall = np.divide(tp, n, out=np.zeros_like(tp), where=n > 0)
+    f1 = np.divide(2 * tp, total, out=np.zeros_like(tp), where=total > 0)
     return precision, recall, f1
 
 

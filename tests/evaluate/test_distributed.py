@@ -14,7 +14,8 @@ from tests.evaluate.runs import setup_run, without_execution
 @pytest.mark.parametrize("metric", ["coco", "voc"])
 def test_ray_equals_local(ray_cluster, s3_bucket, metric):
     _, _, gt_uri, run = setup_run(s3_bucket, files=5)
-    base = EvaluateConfig(detections=run, ground_truth=gt_uri, out=f"{s3_bucket}/local", metric=metric)
+    # With the diagnostics (default) and slices: the confusion stage and the slices' reduce on Ray too.
+    base = EvaluateConfig(detections=run, ground_truth=gt_uri, out=f"{s3_bucket}/local", metric=metric, slice_by=["num_objects", "status"])
     local = run_evaluate(base)
     # A few buckets and read tasks, so that images spread over buckets and files over tasks.
     size = sum(storage.filesystem(run).du(storage.resolve(run)[1] + "/detections", total=False).values())
