@@ -10,6 +10,14 @@ from typing import Any, Callable
 from detbatch.errors import DetbatchError, RunFailed
 
 
+def _score_or_uri(value: str) -> float | str:
+    """``--score-threshold``: a number, or the URI of a thresholds file."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def _add_detect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "detect",
@@ -24,7 +32,8 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", help="COCO JSON giving each file its image_id (file_name relative to --input)")
     p.add_argument("--model", help="detector name (see `detbatch models`)")
     p.add_argument("--weights", help="DEFAULT, a torchvision weights name, none, or a checkpoint URI")
-    p.add_argument("--score-threshold", type=float, help="keep boxes scoring at least this (0 keeps all)")
+    p.add_argument("--score-threshold", type=_score_or_uri, help="keep boxes scoring at least this (0 keeps all), "
+                   "or a thresholds.json of `detbatch evaluate` (a threshold per category)")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
     p.add_argument("--min-actors", type=int, help="detector pool size at least")
     p.add_argument("--max-actors", type=int, help="detector pool size at most")

@@ -57,8 +57,24 @@ class DetectModelConfig(Section):
     name: str = "fasterrcnn_mobilenet_v3_large_320_fpn"
     weights: str = "DEFAULT"
     """``DEFAULT``, a torchvision weights enum name, ``none`` (random init), or a checkpoint URI."""
-    score_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    score_threshold: float | str = 0.05
+    """Keep boxes scoring at least this, in [0, 1]; or a ``thresholds.json`` URI (as ``detbatch evaluate``
+    writes it) with a threshold per category (:mod:`detbatch.detect.thresholds`)."""
     detections_per_image: int = Field(100, ge=1)
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _score_or_file(cls, value: float | str) -> float | str:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # "0.3" from a flag or a quoted YAML value
+            except ValueError:
+                if not value.strip():
+                    raise ValueError("give a score in [0, 1] or a thresholds.json URI") from None
+                return value
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{value} is not a score in [0, 1] (or give a thresholds.json URI)")
+        return value
 
 
 class InferenceConfig(Section):

@@ -20,6 +20,7 @@ import pyarrow as pa
 from detbatch import storage
 from detbatch.detect.decode import DECODED_SCHEMA
 from detbatch.detect.sink import ATTEMPTS_DIR
+from detbatch.detect.thresholds import ScoreThresholds
 from detbatch.faults import failpoint
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,10 @@ class Detector:
         batch_size: int = 8,
         output: str | None = None,
         generation: int = 0,
+        per_category: dict[str, Any] | None = None,
     ):
+        """``per_category``: thresholds by category (:meth:`ScoreThresholds.fingerprint` of a thresholds.json),
+        applied after the model, which keeps boxes from ``score_threshold`` (the lowest of them) on."""
         import warnings
 
         import torch
@@ -102,6 +106,7 @@ class Detector:
         self.batch_size = batch_size
         self.output = output
         self.generation = generation
+        self.thresholds = None if per_category is None else ScoreThresholds.from_fingerprint(per_category)
         labels = loaded.categories.labels
         self.category_ids = np.array([c[0] if c else i for i, c in enumerate(labels)], dtype=np.int32)
         self.category_names = np.array([c[1] if c else "N/A" for c in labels], dtype=object)
@@ -181,6 +186,9 @@ class Detector:
         empty = np.zeros(0, np.float32)
         columns: dict[str, list[Any]] = {"category_id": [], "category": [], "score": [], "box": []}
         for r in results:
+            if r and self.thresholds is not None:
+                kept = self.thresholds.keep(self.category_ids[r["labels"]], r["scores"])
+                r = {k: v[kept] for k, v in r.items()}
             labels = r["labels"] if r else np.zeros(0, np.int64)
             columns["category_id"].append(self.category_ids[labels])
             columns["category"].append(self.category_names[labels].tolist())

@@ -28,6 +28,7 @@ from detbatch.detect.config import DetectConfig, InputConfig
 from detbatch.detect.lease import Lease, LeaseLost
 from detbatch.detect.output import RUN_FILE, OpenedOutput, open_output
 from detbatch.detect.resources import placement_problem
+from detbatch.detect.thresholds import ScoreThresholds, parse_score_threshold
 from detbatch.errors import RunFailed
 from detbatch.models import check_weights
 from detbatch.detect.decode import decode_batch
@@ -169,6 +170,7 @@ def run_detect(config: DetectConfig) -> DetectSummary:
 
     config.require_io()
     check_weights(config.model.name, config.model.weights)
+    parse_score_threshold(config.model.score_threshold)  # a bad thresholds file is named before anything starts
     started = time.perf_counter()
     listing = list_input(config.input.uri, config.input.format)
     manifest = load_manifest(config.input.manifest) if config.input.manifest else None
@@ -207,6 +209,9 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     )
     gpus, threads, device = _pool_resources(config)
     inf = config.inference
+    # As state.json records them (read once, when the output was opened): a number, or one per category.
+    scores = opened.fingerprint["score_threshold"]
+    thresholds = ScoreThresholds.from_fingerprint(scores)
     _check_schedulable(config, gpus)
     context = DataContext.get_current()
     # Rows reach the actors in (unit, index) order, so that each call commits few, long parts.
@@ -228,7 +233,8 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
             Detector.configured(
                 model=config.model.name,
                 weights=config.model.weights,
-                score_threshold=config.model.score_threshold,
+                score_threshold=thresholds.floor,
+                per_category=scores if isinstance(scores, dict) else None,
                 detections_per_image=config.model.detections_per_image,
                 device=device,
                 fp16=inf.fp16,

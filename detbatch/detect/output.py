@@ -30,6 +30,7 @@ from typing import Any
 from detbatch import storage
 from detbatch.config import ConfigError
 from detbatch.detect.config import DetectConfig
+from detbatch.detect.thresholds import parse_score_threshold
 from detbatch.detect.lease import Lease
 from detbatch.detect.sink import DETBATCH_DIR, is_part_file
 from detbatch.detect.units import InputListing
@@ -154,7 +155,7 @@ def fingerprint(config: DetectConfig) -> dict[str, Any]:
         "weights": config.model.weights,
         "weights_resolved": spec.weights,
         "checkpoint_sha256": _sha256(checkpoint_path(spec.weights)) if spec.kind == "checkpoint" else None,
-        "score_threshold": config.model.score_threshold,
+        "score_threshold": parse_score_threshold(config.model.score_threshold).fingerprint(),
         "detections_per_image": config.model.detections_per_image,
     }
 
