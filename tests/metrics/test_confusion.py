@@ -173,3 +173,15 @@ def test_differs_from_supervision_where_it_matches_by_iou_not_score():
         classes=["c0"], conf_threshold=0.0, iou_threshold=0.5,
     ).matrix
     assert theirs.tolist() == [[2, 0], [0, 0]]
+
+
+def test_no_ground_truth_or_no_detections():
+    dataset, dt = adversarial_coco(4)
+    gt = GroundTruth.from_coco(dataset)
+    k_n = len(gt.category_ids)
+    none = dt.take(np.zeros(len(dt), dtype=bool))
+    missed = confusion_matrix(gt, none, np.zeros(k_n))
+    assert missed[:, :-1].sum() == 0 and missed[:-1, -1].sum() == (~gt.iscrowd).sum()
+    empty = GroundTruth.from_coco({**dataset, "annotations": []})
+    background = confusion_matrix(empty, dt, np.zeros(k_n))
+    assert background[:-1].sum() == 0 and background[-1].sum() == brute_confusion({**dataset, "annotations": []}, dt, np.zeros(k_n))[-1].sum()
