@@ -30,7 +30,7 @@ from detbatch.evaluate import EvaluateConfig, run_evaluate
 start = time.perf_counter()
 m = run_evaluate(EvaluateConfig(detections=sys.argv[1], ground_truth=sys.argv[2], out=sys.argv[3], **json.loads(sys.argv[4])))
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
-print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mib": peak, "AP": m["AP"]}))
+print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time(), "peak_rss_mib": peak, "AP": m["AP"]}))
 """
 
 VARIANTS = {
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
                                   check=True, capture_output=True, text=True)
             r = json.loads(done.stdout.strip().splitlines()[-1])
             base = base or r["seconds"]
-            print(f"  {name:<40} {r['seconds']:6.2f} s  ({r['seconds'] / base:.2f}x)  peak RSS {r['peak_rss_mib']:.0f} MiB  AP {r['AP']:.4f}")
+            print(f"  {name:<40} {r['seconds']:6.2f} s  ({r['seconds'] / base:.2f}x)  CPU {r['cpu_seconds']:.2f} s  "
+                  f"peak RSS {r['peak_rss_mib']:.0f} MiB  AP {r['AP']:.4f}")
 
 
 if __name__ == "__main__":

@@ -153,7 +153,9 @@ def confusion_png(confusion: dict[str, Any]) -> bytes:
     matrix = np.asarray(confusion["matrix"], dtype=np.float64)
     labels = confusion["labels"]
     n = len(labels)
-    fig, (ax,) = _figure(max(5.0, 0.45 * n + 2), max(4.0, 0.45 * n + 1.5))
+    # At most 12 inches: 80 COCO classes at 0.45 in each would make a 3,800-pixel square, slow to draw.
+    side = min(max(5.0, 0.45 * n + 2), 12.0)
+    fig, (ax,) = _figure(side, side - 0.5)
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the row")
@@ -161,8 +163,8 @@ def confusion_png(confusion: dict[str, Any]) -> bytes:
         for (i, j), v in np.ndenumerate(matrix):
             if v:
                 ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=7 if n <= 30 else 4)
+    ax.set_yticks(range(n), labels, fontsize=7 if n <= 30 else 4)
     ax.set(xlabel="predicted (background: missed)", ylabel="ground truth (background: false detection)",
            title=f"confusion matrix, IoU >= {confusion['iou']}")
     return _png(fig)

@@ -54,7 +54,10 @@ def accumulate_slices(slices: Slices, records: MatchRecords, counts: np.ndarray)
         # ids are sorted and unique: a binary search per record, not np.isin's sort of both per category
         at = np.minimum(np.searchsorted(ids, records.image_id), max(len(ids) - 1, 0))
         inside = np.flatnonzero(ids[at] == records.image_id) if len(ids) else np.zeros(0, dtype=np.int64)
-        p, r = accumulate_category(records.take(inside), counts[NUM_AREAS * (s + 1) : NUM_AREAS * (s + 2)])
+        # Only area "all" is reported: a zero count makes accumulate_category skip the other ranges.
+        num_gt = np.zeros(NUM_AREAS, dtype=np.int64)
+        num_gt[_ALL] = counts[NUM_AREAS * (s + 1) + _ALL]
+        p, r = accumulate_category(records.take(inside), num_gt)
         out.append((p[:, :, _ALL, _M100], r[:, _ALL, _M100]))
     return out
 
