@@ -51,6 +51,10 @@ class BottomK:
     ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     parts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
+    def bound(self) -> np.uint64:
+        """Keys at or above this cannot enter: the k-th smallest key once full, else the largest key + 1."""
+        return self.keys[-1] if len(self.keys) >= self.k else np.uint64(2**64 - 1)
+
     def add(self, image_id: np.ndarray, part: int) -> None:
         keys = np.concatenate([self.keys, sample_key(image_id)])
         ids = np.concatenate([self.ids, image_id.astype(np.int64)])
@@ -133,19 +137,25 @@ def scan_summary(run: RunParts, per_category: int, overall: int) -> tuple[Summar
         if not t.num_rows:
             continue
         encoded = pc.dictionary_encode(t["category"]).combine_chunks()
-        local = encoded.indices.to_numpy(zero_copy_only=False)
-        ids = t["image_id"].to_numpy()
-        bins = np.clip((t["score"].to_numpy() * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
-        for j, name in enumerate(encoded.dictionary.to_pylist()):
+        for name in encoded.dictionary.to_pylist():
             if name not in code_of:
                 code_of[name] = len(summary.categories)
                 summary.categories.append(name)
                 samples.append(BottomK(per_category))
-                hist.append(np.zeros(SCORE_BINS, np.int64))
-            c = code_of[name]
-            mine = local == j
-            hist[c] += np.bincount(bins[mine], minlength=SCORE_BINS)
-            samples[c].add(np.unique(ids[mine]), part)
+        # Run-wide category codes of this file's rows; one bincount makes every category's histogram.
+        to_code = np.array([code_of[n] for n in encoded.dictionary.to_pylist()], np.int64)
+        codes = to_code[encoded.indices.to_numpy(zero_copy_only=False)]
+        bins = np.clip((t["score"].to_numpy() * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
+        counts = np.bincount(codes * SCORE_BINS + bins, minlength=len(samples) * SCORE_BINS)
+        hist += [np.zeros(SCORE_BINS, np.int64)] * (len(samples) - len(hist))
+        hist = [h + counts[c * SCORE_BINS : (c + 1) * SCORE_BINS] for c, h in enumerate(hist)]
+        # Only rows whose key beats their category's current k-th key can enter its sample: once the samples
+        # are full, that is a few rows a file, so the per-category work below stays small.
+        ids = t["image_id"].to_numpy()
+        bound = np.array([s.bound() for s in samples], np.uint64)
+        candidate = sample_key(ids) < bound[codes]
+        for c in np.unique(codes[candidate]).tolist():
+            samples[c].add(np.unique(ids[candidate & (codes == c)]), part)
     if hist:
         summary.histograms = np.stack(hist)
     return summary, samples, any_image
