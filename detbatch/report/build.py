@@ -29,7 +29,9 @@ THUMB_SIZE = 320
 THUMB_THREADS = 8
 THUMBS = "thumbs"
 # Files of an evaluation folder shown as they are, when present (the evaluate issue's diagnostics).
-DIAGNOSTICS = ("report.md", "diagnostics.json", "confusion.json", "thresholds.json", "error_types.json", "slices.json")
+DIAGNOSTICS = ("report.md", "thresholds.json", "diagnostics.json", "confusion.json", "error_types.json", "slices.json")
+# Pictures of an evaluation folder, copied beside the page: PR curves, and issue 15's diagnostics.
+PICTURES = ("pr_curves.png", "thresholds.png", "confusion.png")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def write_report(
     samples: int = DEFAULT_SAMPLES,
 ) -> ReportResult:
     """Write the report of the detect output ``detections`` to ``out`` (``index.html``, ``thumbs/``,
-    ``pr_curves.png`` with an evaluation). ``ground_truth``: labels (:func:`detbatch.datasets.labels.load_annotations`)
+    the evaluation's pictures with ``evaluation``). ``ground_truth``: labels (:func:`detbatch.datasets.labels.load_annotations`)
     for TP / FP / FN and the worst images; ``evaluation``: a ``detbatch evaluate --out`` folder."""
     if samples < 1:
         raise InputError(f"samples={samples}: the gallery needs at least 1 image (--samples, default {DEFAULT_SAMPLES})")
@@ -70,7 +72,7 @@ def write_report(
         categories += sorted(set(truth.names.values()) - set(categories))
     entries = _entries(run.info, images, dets, truth, categories, sampled)
     thumbs = _write_thumbnails(out, entries, (run.info or {}).get("input", {}).get("kind"))
-    metrics, pr_curves, diagnostics = _evaluation(evaluation, out)
+    metrics, pictures, diagnostics = _evaluation(evaluation, out)
     worst = []
     if truth:
         worst = [("Most missed objects", [r for r, _ in truth.worst_missed]),
@@ -79,7 +81,7 @@ def write_report(
     page = Page(
         title=f"detbatch report: {detections}", summary=summary, info=run.info, categories=categories,
         images=entries, worst=worst, errors=list(zip(errors["uri"].to_pylist(), errors["error"].to_pylist())),
-        has_truth=truth is not None, metrics=metrics, pr_curves=pr_curves, diagnostics=diagnostics,
+        has_truth=truth is not None, metrics=metrics, pictures=pictures, diagnostics=diagnostics,
     )
     index = storage.join(out, "index.html")
     storage.write_text(index, render_page(page))
@@ -151,15 +153,14 @@ def _write_thumbnails(out: str, entries: list[dict[str, Any]], kind: str | None)
     return sum(1 for e in entries if e.get("thumb"))
 
 
-def _evaluation(evaluation: str | None, out: str) -> tuple[dict[str, Any] | None, str | None, dict[str, str]]:
-    """metrics.json, pr_curves.png (copied beside the page) and the diagnostics found in ``evaluation``."""
+def _evaluation(evaluation: str | None, out: str) -> tuple[dict[str, Any] | None, list[str], dict[str, str]]:
+    """metrics.json, the :data:`PICTURES` found (copied beside the page) and the diagnostics in ``evaluation``."""
     if not evaluation:
-        return None, None, {}
+        return None, [], {}
     names = set(storage.list_names(evaluation))
     metrics = json.loads(storage.read_text(storage.join(evaluation, "metrics.json"))) if "metrics.json" in names else None
-    pr_curves = None
-    if "pr_curves.png" in names:
-        storage.write_bytes(storage.join(out, "pr_curves.png"), storage.read_bytes(storage.join(evaluation, "pr_curves.png")))
-        pr_curves = "pr_curves.png"
+    pictures = [n for n in PICTURES if n in names]
+    for n in pictures:
+        storage.write_bytes(storage.join(out, n), storage.read_bytes(storage.join(evaluation, n)))
     diagnostics = {n: storage.read_text(storage.join(evaluation, n)) for n in DIAGNOSTICS if n in names}
-    return metrics, pr_curves, diagnostics
+    return metrics, pictures, diagnostics

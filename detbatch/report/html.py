@@ -33,7 +33,7 @@ class Page:
     errors: list[tuple[str, str]]
     has_truth: bool
     metrics: dict[str, Any] | None
-    pr_curves: str | None
+    pictures: list[str]
     diagnostics: dict[str, str]
 
 
@@ -109,8 +109,8 @@ def _evaluation(page: Page) -> str:
                 out.append(f"<tr><td>{escape(name)}</td>{cells}</tr>")
             out.append("</table>")
     out.append("</div><div>")
-    if page.pr_curves:
-        out.append(f'<img alt="precision-recall curves" src="{escape(page.pr_curves)}" class="curves">')
+    for picture in page.pictures:
+        out.append(f'<img alt="{escape(picture)}" src="{escape(picture)}" class="curves">')
     out.append("</div></div>")
     for name, text in page.diagnostics.items():
         out.append(f"<details><summary>{escape(name)}</summary><pre>{escape(text)}</pre></details>")
@@ -158,7 +158,7 @@ def render_page(page: Page) -> str:
              '<span style="color:#d73027">■ false positive</span><span style="color:#fdae61">■ missed</span></span>'
              if page.has_truth else "")
     sections = [f"<h1>{escape(page.title)}</h1>", "<h2>Summary</h2>", _summary(page)]
-    if page.metrics or page.pr_curves or page.diagnostics:
+    if page.metrics or page.pictures or page.diagnostics:
         sections += ["<h2>Evaluation</h2>", _evaluation(page)]
     sections.append('<div class="controls"><label>score ≥ <input type="range" id="score" min="0" max="1" step="0.01" '
                     f'value="{START_THRESHOLD}"> <span id="score-value"></span></label>{truth}<br>{toggles}</div>')
