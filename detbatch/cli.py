@@ -28,7 +28,10 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config (see configs/); flags override it")
     p.add_argument("--input", help="images or shards: a folder/prefix, a file, or a glob (any fsspec URI)")
     p.add_argument("--output", help="output folder/prefix (any fsspec URI)")
-    p.add_argument("--input-format", choices=["auto", "images", "tar", "parquet"])
+    p.add_argument("--input-format", choices=["auto", "images", "tar", "parquet", "index"],
+                   help="what --input holds (auto: decided from the files; index: tables with a uri column)")
+    p.add_argument("--verify-input", action="store_true", default=None,
+                   help="on a rerun, list the input again and refuse it if it changed since the output's plan")
     p.add_argument("--manifest", help="COCO JSON giving each file its image_id (file_name relative to --input)")
     p.add_argument("--model", help="detector name (see `detbatch models`)")
     p.add_argument("--weights", help="DEFAULT, a torchvision weights name, none, or a checkpoint URI")
@@ -51,6 +54,7 @@ DETECT_FLAGS = {
     "input.uri": "input",
     "input.format": "input_format",
     "input.manifest": "manifest",
+    "input.verify": "verify_input",
     "output.uri": "output",
     "output.overwrite": "overwrite",
     "output.take_over": "take_over",

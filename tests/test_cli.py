@@ -171,6 +171,7 @@ FLAG_CASES = [
     ("detect", DETECT_YAML, ["--input", "s3://other/in"], "input.uri", "s3://other/in", "s3://other/in"),
     ("detect", DETECT_YAML, ["--input-format", "tar"], "input.format", "tar", "tar"),
     ("detect", DETECT_YAML, ["--manifest", "m.json"], "input.manifest", "m.json", "m.json"),
+    ("detect", DETECT_YAML, ["--verify-input"], "input.verify", "true", True),
     ("detect", DETECT_YAML, ["--output", "out"], "output.uri", "out", "out"),
     ("detect", DETECT_YAML, ["--overwrite"], "output.overwrite", "true", True),
     ("detect", DETECT_YAML, ["--take-over"], "output.take_over", "true", True),

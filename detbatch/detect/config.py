@@ -22,8 +22,9 @@ MAX_BYTES = 256 * 2**20
 
 class InputConfig(Section):
     uri: str | None = None
-    """A folder/prefix or glob of image files, or of ``.tar`` / ``.parquet`` shards."""
-    format: Literal["auto", "images", "tar", "parquet"] = "auto"
+    """A folder/prefix or glob of image files, of ``.tar`` / ``.parquet`` shards, or of index tables
+    (``.parquet`` / ``.csv`` / ``.jsonl`` with a ``uri`` column: docs/data.md, "An index")."""
+    format: Literal["auto", "images", "tar", "parquet", "index"] = "auto"
     manifest: str | None = None
     """Optional COCO JSON whose ``images[].file_name`` (relative to ``uri``) give each file its ``image_id``."""
     images_per_unit: int | None = Field(None, ge=1)
@@ -34,6 +35,12 @@ class InputConfig(Section):
     max_pixels: int | None = Field(MAX_PIXELS, ge=1)
     """Largest image (width × height, from the file's header) that is decoded; a larger one is an error
     row naming its size. ``null``: no cap but Pillow's own (~179 Mpx, also an error row)."""
+    verify: bool = False
+    """A rerun lists the input again and refuses to go on if it changed since the output's plan was made
+    (``--verify-input``). Without it a rerun reads the persisted plan and lists nothing."""
+    parallel_listing: bool = True
+    """List a folder/prefix in Ray tasks, one per sub-prefix (the driver connects to Ray first); the result
+    is the same as the sequential listing's. False: list on the driver alone."""
     max_bytes: int | None = Field(MAX_BYTES, ge=1)
     """Largest image file (or tar member, or Parquet value) that is read, known from the listing, the tar
     header or the value's length; a larger one is an error row naming its size. ``null``: no cap."""

@@ -1,6 +1,7 @@
 """``detbatch detect``: images in storage -> detections in Parquet, exactly once.
 
-The pipeline (a Ray Data stream; the driver holds the listing and counters, never pixels or results)::
+The pipeline (a Ray Data stream; the driver holds the plan, an Arrow table, and counters, never pixels or
+results; a rerun reads the plan from the output instead of listing: :mod:`detbatch.detect.plan`)::
 
     units (driver) -> read_unit (CPU task) -> decode (CPU task)
                    -> Detector: model + write_parts (actor pool, GPU/CPU) -> per-unit counts (driver)
@@ -21,15 +22,16 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pyarrow as pa
 
 from detbatch import __version__, storage
+from detbatch.detect import plan as plan_module
 from detbatch.detect import read, sink
-from detbatch.detect.units import InputListing, list_input, load_manifest, plan_units
+from detbatch.detect.units import InputListing, ListingSummary, list_input, load_manifest, unit_rows
 from detbatch.config import ConfigError
 from detbatch.detect.config import DetectConfig, InputConfig
 from detbatch.detect.lease import Lease, LeaseLost
 from detbatch.detect.output import RUN_FILE, OpenedOutput, open_output
 from detbatch.detect.resources import placement_problem
 from detbatch.detect.thresholds import ScoreThresholds, parse_score_threshold
-from detbatch.errors import RunFailed
+from detbatch.errors import InputError, RunFailed
 from detbatch.models import check_weights
 from detbatch.detect.decode import decode_batch
 from detbatch.detect.detector import Detector
@@ -123,8 +125,8 @@ def _read_stage(
 
 
 def read_and_decode(
-    units: list[dict[str, Any]],
-    listing: InputListing,
+    units: "list[dict[str, Any]] | pa.Table",
+    listing: InputListing | ListingSummary,
     manifest: dict[str, int] | None,
     skips: dict[int, list[tuple[int, int]]],
     decode_cpus: float,
@@ -132,16 +134,23 @@ def read_and_decode(
 ) -> "ray.data.Dataset":
     """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
     leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
-    ``rows_per_file`` images reaches the pool as one call. ``caps``: the input settings whose
-    ``max_bytes`` and ``max_pixels`` refuse a file before it is read or decoded (None: their defaults)."""
+    ``rows_per_file`` images reaches the pool as one call. ``units``: a plan
+    (:data:`detbatch.detect.plan.PLAN_SCHEMA`), or :func:`~detbatch.detect.units.plan_units`' rows with
+    the ``listing`` they came from. ``caps``: the input settings whose ``max_bytes`` and ``max_pixels``
+    refuse a file before it is read or decoded (None: their defaults)."""
     import ray
 
     caps = caps or InputConfig()
+    if isinstance(units, list):
+        units = plan_module.plan_table(units, listing, listing.summary())
     # Shards need the manifest in the workers; image files carry their ids in the unit rows, and their
     # listed sizes, so that a file over max_bytes is refused without a request.
-    shard_manifest = manifest if listing.kind != "images" else None
+    shard_manifest = manifest if listing.kind in ("tar", "parquet") else None
+    # One single-row table per unit: one block, so one read task, per unit. take() copies the row, so
+    # that a block does not carry the whole plan's buffers with it.
+    blocks = [units.take([i]) for i in range(units.num_rows)]
     return (
-        ray.data.from_items(read.with_listed_sizes(units, listing), override_num_blocks=len(units))
+        ray.data.from_arrow(blocks)
         .map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,
                      fn_kwargs={"manifest": shard_manifest, "skips": skips, "max_bytes": caps.max_bytes})
         # batch_size=None: decode each block the reader yields. Ray fuses the two stages into one task
@@ -172,9 +181,9 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     check_weights(config.model.name, config.model.weights)
     parse_score_threshold(config.model.score_threshold)  # a bad thresholds file is named before anything starts
     started = time.perf_counter()
-    listing = list_input(config.input.uri, config.input.format)
+    listing, plan, summary = _listing_or_plan(config)
     manifest = load_manifest(config.input.manifest) if config.input.manifest else None
-    opened = open_output(config, listing)
+    opened = open_output(config, summary)
     try:
         config = opened.config
         if opened.finished is not None:
@@ -185,14 +194,50 @@ def run_detect(config: DetectConfig) -> DetectSummary:
             return DetectSummary(config.output.uri, counts["images_ok"], counts["images_error"], counts["detections"],
                                  0, counts["images_ok"] + counts["images_error"], 0.0, 0.0, already_complete=True)
         init_ray(config.ray.address)
-        return _run(config, listing, manifest, opened, started)
+        if plan is None:
+            # Row counts of an index are read in tasks: after Ray is up. Written once, under the lease.
+            units = unit_rows(listing, config.input.images_per_unit, manifest)
+            plan = plan_module.plan_table(units, listing, summary)
+            opened.lease.check()
+            plan_module.write_plan(config.output.uri, plan, listing)
+        del listing  # the plan holds what the stream needs; the driver keeps no per-file objects
+        return _run(config, plan, summary, manifest, opened, started)
     finally:
         opened.lease.release()
 
 
-def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] | None, opened: OpenedOutput,
-         started: float) -> DetectSummary:
+def _listing_or_plan(config: DetectConfig) -> tuple[InputListing | None, "pa.Table | None", ListingSummary]:
+    """``(listing, None, its summary)`` for a new output (or with ``--overwrite``); ``(None, plan, its
+    summary)`` for a rerun over an output with a persisted plan, without listing the input; with
+    ``--verify-input`` the input is listed too and a change from the plan's listing is refused."""
+    from detbatch.runtime import init_ray
+
+    inp, out = config.input, config.output
+    stored = None if out.overwrite else plan_module.read_plan(out.uri)
+    if stored is not None and not inp.verify:
+        logger.info("%s: resuming from its plan (%d units); the input is not listed (--verify-input lists "
+                    "it and compares)", out.uri, stored[0].num_rows)
+        return None, *stored
+    if inp.parallel_listing:
+        init_ray(config.ray.address)  # list sub-prefixes in tasks (detbatch.detect.listing)
+    listing = list_input(inp.uri, inp.format, parallel=None if inp.parallel_listing else False)
+    if listing.kind == "index" and inp.manifest:
+        raise ConfigError(f"--manifest {inp.manifest} cannot be used with an index input ({inp.uri}); give "
+                          f"the images their ids in the index's image_id column (docs/data.md)")
+    if stored is not None:
+        changes = plan_module.input_changes(plan_module.read_listing(out.uri), listing)
+        if changes or stored[1].digest != listing.digest:
+            raise InputError(f"--verify-input: {inp.uri} changed since {out.uri} was planned: {changes}; use "
+                             f"another --output, or --overwrite to start over")
+        logger.info("--verify-input: %s lists the same %d files as the plan", inp.uri, listing.num_inputs)
+        return None, *stored
+    return listing, None, listing.summary()
+
+
+def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifest: dict[str, int] | None,
+         opened: OpenedOutput, started: float) -> DetectSummary:
     """The stream over what is left, then the checks and run.json; the caller holds the output's lease."""
+    import pyarrow.compute as pc
     from ray.data import ActorPoolStrategy, DataContext
 
     output, lease = config.output.uri, opened.lease
@@ -200,12 +245,12 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     # Safe while this run holds the lease: a fenced-off writer's late file makes at most a half pair,
     # which no reader counts (detbatch.detect.sink).
     storage.remove(log.debris + _stale_attempts(output, lease.generation))
-    all_units = plan_units(listing, config.input.images_per_unit, manifest)
-    todo = [u for u in all_units if u["unit"] not in log.finished]
-    skips = {u["unit"]: log.skip(u["unit"]) for u in todo if log.skip(u["unit"])}
+    finished = pa.array(sorted(log.finished), pa.int64())
+    todo = plan.filter(pc.invert(pc.is_in(plan["unit"], value_set=finished)))
+    skips = {u: log.skip(u) for u in log.ranges if u not in log.finished}
     logger.info(
         "%s: %d %s inputs, %d units to do (%d finished earlier, %d images committed)",
-        config.input.uri, len(listing.uris), listing.kind, len(todo), len(log.finished), log.committed_images,
+        config.input.uri, listed.num_inputs, listed.kind, todo.num_rows, len(log.finished), log.committed_images,
     )
     gpus, threads, device = _pool_resources(config)
     inf = config.inference
@@ -228,8 +273,8 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     context.execution_no_progress_timeout_s = inf.stall_timeout_s
 
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
-    if todo:
-        ds = read_and_decode(todo, listing, manifest, skips, inf.decode_cpus, config.input).map_batches(
+    if todo.num_rows:
+        ds = read_and_decode(todo, listed, manifest, skips, inf.decode_cpus, config.input).map_batches(
             Detector.configured(
                 model=config.model.name,
                 weights=config.model.weights,
@@ -272,10 +317,10 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     wall = time.perf_counter() - started
     lease.check()
     log = sink.read_commit_log(output)
-    missing = [u["unit"] for u in all_units if u["unit"] not in log.finished]
+    missing = [u for u in plan["unit"].to_numpy().tolist() if u not in log.finished]
     if missing:
         raise DetectIncomplete(
-            f"{len(missing)} of {len(all_units)} units did not complete (first: {missing[:5]}); "
+            f"{len(missing)} of {plan.num_rows} units did not complete (first: {missing[:5]}); "
             f"rerun the same command to finish them"
         )
     storage.remove(log.debris)
@@ -294,8 +339,8 @@ def _run(config: DetectConfig, listing: InputListing, manifest: dict[str, int] |
     run = {
         "config": config.model_dump(),
         "fingerprint": opened.fingerprint,
-        "input": {"uri": config.input.uri, "root": listing.root, "kind": listing.kind, "manifest": config.input.manifest,
-                  "num_inputs": len(listing.uris)},
+        "input": {"uri": config.input.uri, "root": listed.root, "kind": listed.kind, "manifest": config.input.manifest,
+                  "num_inputs": listed.num_inputs},
         "model": {"name": config.model.name, "weights": config.model.weights, "device": device},
         "versions": _library_versions(),
         "counts": {k: getattr(summary, k) for k in ("images_ok", "images_error", "detections")},

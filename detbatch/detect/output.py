@@ -14,7 +14,8 @@
 5. **State.** ``_detbatch/state.json`` records what the output is computed with: the settings that change
    results, the resolved weights (``DEFAULT`` as the enum member it means today), the SHA-256 of the
    checkpoint and the manifest, and two digests of the input listing (names; names with each file's size
-   and ETag or mtime). A rerun that differs in any of them is refused, naming what changed.
+   and ETag or mtime). A rerun that differs in any of them is refused, naming what changed. The first run
+   then persists its plan (:mod:`detbatch.detect.plan`), whose digests a rerun uses without relisting.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ from detbatch.detect.config import DetectConfig
 from detbatch.detect.thresholds import parse_score_threshold
 from detbatch.detect.lease import Lease
 from detbatch.detect.sink import DETBATCH_DIR, is_part_file
-from detbatch.detect.units import InputListing
+from detbatch.detect.units import InputListing, ListingSummary
 from detbatch.faults import failpoint
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = f"{DETBATCH_DIR}/state.json"
+# The persisted plan (detbatch.detect.plan, which imports this module's neighbours, so named here too).
+PLAN_FILE = f"{DETBATCH_DIR}/plan.parquet"
+LISTING_FILE = f"{DETBATCH_DIR}/listing.parquet"
 RUN_FILE = "run.json"
 # state.json's layout; states without a "format" were written before contents were fingerprinted.
 STATE_FORMAT = 2
@@ -123,6 +127,8 @@ def clear_output(output: str) -> int:
         folder = storage.join(output, table)
         doomed += [storage.join(folder, n) for n in storage.list_names(folder, hidden=True) if is_part_file(n)]
     doomed.append(storage.join(output, RUN_FILE))
+    # The plan before its listing (detbatch.detect.plan: a plan that exists has its listing).
+    doomed += [storage.join(output, PLAN_FILE), storage.join(output, LISTING_FILE)]
     storage.remove(doomed)
     failpoint("output.after_clearing_parts")
     storage.remove([storage.join(output, STATE_FILE)])  # last: until then a rerun still sees a detbatch output
@@ -164,7 +170,7 @@ def _changes(then: dict[str, Any], now: dict[str, Any], keys: Any) -> str:
     return ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in keys if then.get(k) != now.get(k))
 
 
-def _check_state(output: str, state: dict[str, Any], wanted: dict[str, Any], listing: InputListing) -> None:
+def _check_state(output: str, state: dict[str, Any], wanted: dict[str, Any], listing: InputListing | ListingSummary) -> None:
     legacy = "format" not in state
     keys = _LEGACY_KEYS if legacy else wanted["fingerprint"].keys()
     changes = _changes(state["fingerprint"], wanted["fingerprint"], keys)
@@ -174,20 +180,21 @@ def _check_state(output: str, state: dict[str, Any], wanted: dict[str, Any], lis
     if state["listing_digest"] != wanted["listing_digest"]:
         raise ConfigError(
             f"{output} was started on a different set of input files ({state['num_inputs']} then, "
-            f"{len(listing.uris)} now); use another --output, or --overwrite to start over"
+            f"{listing.num_inputs} now); use another --output, or --overwrite to start over"
         )
     if legacy:
         logger.warning("%s: started by an older detbatch, which did not record file contents; resuming on "
                        "names and settings alone", output)
     elif state["content_digest"] != wanted["content_digest"]:
         raise ConfigError(
-            f"{output} was started on other contents of the same {len(listing.uris)} input files (a file was "
+            f"{output} was started on other contents of the same {listing.num_inputs} input files (a file was "
             f"replaced: its size or ETag/mtime changed); use another --output, or --overwrite to start over"
         )
 
 
-def open_output(config: DetectConfig, listing: InputListing) -> OpenedOutput:
-    """Check, lease and (with ``--overwrite``) clear the output; see the module docstring."""
+def open_output(config: DetectConfig, listing: InputListing | ListingSummary) -> OpenedOutput:
+    """Check, lease and (with ``--overwrite``) clear the output; see the module docstring. ``listing``: the
+    input's listing, or the summary of the one a persisted plan was made from."""
     out = config.output
     check_location(out.uri, config.input.uri, out.overwrite)
     owned = _check_owned_or_empty(out.uri, out.overwrite)
@@ -204,7 +211,7 @@ def open_output(config: DetectConfig, listing: InputListing) -> OpenedOutput:
             config.input.images_per_unit = ((state or {}).get("fingerprint", {}).get("images_per_unit")
                                             or out.rows_per_file)
         wanted = {"format": STATE_FORMAT, "fingerprint": fingerprint(config), "listing_digest": listing.digest,
-                  "content_digest": listing.content_digest, "num_inputs": len(listing.uris)}
+                  "content_digest": listing.content_digest, "num_inputs": listing.num_inputs}
         if state is not None:
             _check_state(out.uri, state, wanted, listing)
             return OpenedOutput(config, lease, wanted["fingerprint"], read_json(storage.join(out.uri, RUN_FILE)))

@@ -352,18 +352,42 @@ def _read_shard(
         yield shard, derived_image_id(shard), None, "shard holds no images"
 
 
+def _read_index(
+    index: str, start: int, stop: int, max_bytes: int | None
+) -> Iterator[tuple[str, int, bytes | None, str | None]]:
+    """Detect's items of an index unit: rows ``[start, stop)`` of ``index``, each image file read. A row
+    without a uri, or whose image_id is not an integer, is an error row (named ``INDEX#row-N``)."""
+    from detbatch.detect.index import index_range, resolve_uri
+
+    for row, (value, given) in enumerate(index_range(index, start, stop), start):
+        if not isinstance(value, str) or not value:
+            name = f"{index}#row-{row}"
+            yield name, derived_image_id(name), None, f"index row {row} has no uri"
+            continue
+        uri = resolve_uri(index, value)
+        try:
+            image_id = image_id_for(uri, uri, None, given)
+        except (TypeError, ValueError):
+            yield uri, derived_image_id(uri), None, f"index row {row}: image_id {given!r} is not an integer"
+            continue
+        yield uri, image_id, *read_file(uri, max_bytes)
+
+
 def read_unit(
     unit: dict[str, Any], manifest: dict[str, int] | None, skip: list[tuple[int, int]], max_bytes: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """Stream the rows of one unit, leaving out indices in the half-open ``skip`` ranges.
 
     ``unit``: a row of :func:`~detbatch.detect.units.plan_units`, with optional ``sizes`` (of its image
-    files, from the listing; None or negative: unknown). ``max_bytes``: ``input.max_bytes`` (None: no cap).
+    files, from the listing; None or negative: unknown); an index unit reads rows ``start``..``stop`` of
+    its index file and then each image they name. ``max_bytes``: ``input.max_bytes`` (None: no cap).
     """
     if unit["kind"] == "images":
         listed = unit.get("sizes")
         sizes = [None] * len(unit["uris"]) if listed is None else [None if s < 0 else int(s) for s in listed]
         items = _read_files(unit["uris"], unit["image_ids"], sizes, max_bytes)
+    elif unit["kind"] == "index":
+        items = _read_index(unit["uris"][0], int(unit["start"]), int(unit["stop"]), max_bytes)
     else:
         items = _read_shard(unit["uris"][0], unit["kind"], manifest, max_bytes)
     for row in _rows(unit["unit"], items):

@@ -1,4 +1,5 @@
-"""Listing the input and cutting it into units: image files, WebDataset tar shards, Parquet shards.
+"""Listing the input and cutting it into units: image files, WebDataset tar shards, Parquet shards, or the
+row ranges of an index (:mod:`detbatch.detect.index`).
 
 The driver lists the input once (:func:`list_input`) and cuts it into *units* — a fixed run of image
 files, or one shard. Units are the grain of the exactly-once contract: each image is addressed by
@@ -16,7 +17,7 @@ import json
 import logging
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from detbatch import storage
 from detbatch.errors import InputError
@@ -34,15 +35,35 @@ def derived_image_id(uri: str) -> int:
 
 
 @dataclass(frozen=True)
+class ListingSummary:
+    """What a run needs of a listing without its files: the digests a rerun is checked on (a persisted
+    plan gives these without relisting: :mod:`detbatch.detect.plan`)."""
+
+    kind: str
+    root: str
+    digest: str
+    content_digest: str
+    num_inputs: int
+    """Files listed: images, shards, or index files."""
+
+
+@dataclass(frozen=True)
 class InputListing:
     kind: str
-    """``images``, ``tar`` or ``parquet``."""
+    """``images``, ``tar``, ``parquet`` or ``index``."""
     root: str
     """The URI that file names are relative to (the folder/prefix, or a glob's fixed part)."""
     uris: tuple[str, ...]
     """Every input file (images or shards), sorted."""
     versions: tuple[str, ...] = ()
     """Per file, what changes when its bytes change: ``size:ETag`` on object stores, ``size:mtime`` locally."""
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.uris)
+
+    def summary(self) -> ListingSummary:
+        return ListingSummary(self.kind, self.root, self.digest, self.content_digest, self.num_inputs)
 
     @property
     def digest(self) -> str:
@@ -77,8 +98,17 @@ def _extension(path: str) -> str:
     return posixpath.splitext(path)[1].lower()
 
 
-def list_input(uri: str, format: str = "auto") -> InputListing:
-    """List ``uri`` (a file, a folder/prefix, or a glob) into a sorted :class:`InputListing`."""
+def list_input(uri: str, format: str = "auto", parallel: bool | None = None) -> InputListing:
+    """List ``uri`` (a file, a folder/prefix, or a glob) into a sorted :class:`InputListing`.
+
+    ``parallel``: list a folder/prefix in Ray tasks, one per sub-prefix (:func:`detbatch.detect.listing.find`);
+    None: when Ray is up. The result is the same either way. An index (``format`` ``index``, or with
+    ``auto`` CSV/JSON-lines files, or Parquet whose first file has a ``uri`` and no ``image`` column) lists
+    the index files; their rows are read by tasks (:mod:`detbatch.detect.index`).
+    """
+    from detbatch.detect.index import INDEX_EXTENSIONS, is_index_schema, parquet_columns
+    from detbatch.detect.listing import find
+
     fs, path = storage.resolve(uri)
 
     def listed() -> tuple[dict[str, Any], str]:
@@ -94,7 +124,7 @@ def list_input(uri: str, format: str = "auto") -> InputListing:
             raise InputError(f"{uri}: no such file, folder or prefix (check the URI and your credentials)") from None
         if info.get("type") == "file":
             return {path: info}, posixpath.dirname(path)
-        return fs.find(path, detail=True), path
+        return find(fs, path, parallel), path
 
     try:
         infos, root_path = storage.retrying(listed, f"{uri}: list")
@@ -108,19 +138,24 @@ def list_input(uri: str, format: str = "auto") -> InputListing:
         "images": [p for p in paths if _extension(p) in IMAGE_EXTENSIONS],
         **{kind: [p for p in paths if _extension(p) == ext] for kind, ext in SHARD_EXTENSIONS.items()},
     }
+    # Text tables are only ever an index; Parquet is one when it has a uri column and no image column.
+    text_tables = [p for p in paths if _extension(p) in INDEX_EXTENSIONS and _extension(p) != ".parquet"]
     if format == "auto":
-        present = [k for k, v in by_kind.items() if v]
+        present = [k for k, v in [*by_kind.items(), ("index", text_tables)] if v]
         if not present:
             raise InputError(
-                f"{uri}: found {len(paths)} files but no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
-                f"and no .tar or .parquet shards"
+                f"{uri}: found {len(paths)} files but no images ({', '.join(sorted(IMAGE_EXTENSIONS))}), "
+                f"no .tar or .parquet shards and no index ({', '.join(INDEX_EXTENSIONS)})"
             )
+        if present == ["parquet"] and is_index_schema(parquet_columns(storage.to_uri(fs, by_kind["parquet"][0]))):
+            present = ["index"]
         if len(present) > 1:
-            counts = ", ".join(f"{len(by_kind[k])} {k}" for k in present)
-            raise InputError(f"{uri}: mixed input ({counts}); choose one with --input-format images|tar|parquet")
+            counts = ", ".join(f"{len(by_kind.get(k, text_tables))} {k}" for k in present)
+            raise InputError(f"{uri}: mixed input ({counts}); choose one with --input-format images|tar|parquet|index")
         format = present[0]
+    by_kind["index"] = [p for p in paths if _extension(p) in INDEX_EXTENSIONS]
     if format not in by_kind:
-        raise InputError(f"unknown input format {format!r}; choose auto, images, tar or parquet")
+        raise InputError(f"unknown input format {format!r}; choose auto, images, tar, parquet or index")
     chosen = by_kind[format]
     if not chosen:
         raise InputError(f"{uri}: no {format} files found ({len(paths)} other files)")
@@ -179,15 +214,37 @@ def _manifest_ids(ids: list[int], file_names: list[Any]) -> dict[str, int]:
 def plan_units(
     listing: InputListing, images_per_unit: int, manifest: dict[str, int] | None
 ) -> list[dict[str, Any]]:
-    """Cut the listing into units: rows of ``unit``, ``kind``, ``uris``, ``image_ids`` (images only)."""
+    """Cut the listing into units: rows of ``unit``, ``kind``, ``uris``, ``image_ids`` (images only), and
+    for an index ``start``/``stop``, the unit's rows of its index file (see :func:`unit_rows`)."""
+    return list(unit_rows(listing, images_per_unit, manifest))
+
+
+def unit_rows(
+    listing: InputListing, images_per_unit: int, manifest: dict[str, int] | None
+) -> Iterator[dict[str, Any]]:
+    """The units of :func:`plan_units`, one at a time (the plan is built from this stream, not a list).
+
+    An index's units are ``images_per_unit`` rows of one index file (its last unit shorter), numbered
+    across the index files in listing order; the row counts come from
+    :func:`detbatch.detect.index.index_row_counts` (Ray tasks when Ray is up)."""
+    if listing.kind == "index":
+        from detbatch.detect.index import index_row_counts
+
+        unit = 0
+        for uri, rows in zip(listing.uris, index_row_counts(listing.uris)):
+            for start in range(0, rows, images_per_unit):
+                yield {"unit": unit, "kind": "index", "uris": [uri], "image_ids": [],
+                       "start": start, "stop": min(start + images_per_unit, rows)}
+                unit += 1
+        return
     if listing.kind != "images":
-        return [{"unit": i, "kind": listing.kind, "uris": [u], "image_ids": []} for i, u in enumerate(listing.uris)]
-    units = []
+        for i, u in enumerate(listing.uris):
+            yield {"unit": i, "kind": listing.kind, "uris": [u], "image_ids": []}
+        return
     for i, start in enumerate(range(0, len(listing.uris), images_per_unit)):
         uris = list(listing.uris[start : start + images_per_unit])
         ids = [image_id_for(u, listing.relative_name(u), manifest, None) for u in uris]
-        units.append({"unit": i, "kind": "images", "uris": uris, "image_ids": ids})
-    return units
+        yield {"unit": i, "kind": "images", "uris": uris, "image_ids": ids}
 
 
 def image_id_for(uri: str, name: str, manifest: dict[str, int] | None, given: Any) -> int:

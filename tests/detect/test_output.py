@@ -16,7 +16,7 @@ from detbatch.cli import main as cli_main
 from detbatch.config import ConfigError
 from detbatch.detect import sink
 from detbatch.detect.driver import run_detect
-from detbatch.detect.output import RUN_FILE, STATE_FILE, open_output
+from detbatch.detect.output import LISTING_FILE, PLAN_FILE, RUN_FILE, STATE_FILE, open_output
 from detbatch.detect.units import list_input
 from tests.helpers.exactly_once import (
     NUM_INPUTS,
@@ -146,12 +146,13 @@ def test_overwrite_deletes_only_detbatch_files(store, clean):
     for name, data in user.items():
         storage.write_bytes(storage.join(out, name), data)
     detbatch_files = [n for n in snapshot(out) if n not in user and not n.startswith(sink.DETBATCH_DIR + "/lease/")]
-    assert len(detbatch_files) == 2 * 8 + 2  # 8 parts, state.json and run.json
+    assert len(detbatch_files) == 2 * 8 + 4  # 8 parts, state.json, run.json, the plan and its listing
 
     opened = open_output(detect_config(store, out, **{"output.overwrite": True}), list_input(store.input))
     opened.lease.release()
     left = snapshot(out)
     assert not [n for n in left if n.startswith(sink.TABLES)] and RUN_FILE not in left
+    assert PLAN_FILE not in left and LISTING_FILE not in left  # the rerun plans afresh
     assert {n: left[n] for n in user} == snapshot_of(user)
     summary = run_detect(detect_config(store, out))
     assert (summary.images_resumed, summary.images_processed) == (0, NUM_INPUTS)

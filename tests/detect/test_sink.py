@@ -60,3 +60,23 @@ def test_overlapping_parts_never_double_count(tmp_path):
 def test_empty_output_has_empty_log(tmp_path):
     log = sink.read_commit_log(str(tmp_path / "none"))
     assert log.ranges == {} and log.finished == set() and log.debris == []
+
+
+def test_the_commit_log_of_200k_parts_is_read_from_names_alone(monkeypatch):
+    """200,000 committed parts (and their detections) read from two listings, no file opened."""
+    names = [sink.part_name(u, 0, 2, True, 1) for u in range(200_000)]
+    listed = []
+
+    def list_names(uri, hidden=False):
+        listed.append(uri)
+        return names
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a part was read")
+
+    monkeypatch.setattr(sink.storage, "list_names", list_names)
+    monkeypatch.setattr(sink.storage, "read_bytes", no_reads)
+    monkeypatch.setattr(sink.storage, "open_input", no_reads)
+    log = sink.read_commit_log("s3://b/out")
+    assert len(log.finished) == 200_000 and log.committed_images == 400_000 and not log.debris
+    assert sorted(listed) == ["s3://b/out/detections", "s3://b/out/images"]

@@ -1,0 +1,104 @@
+"""Driver cost of planning a detect run at scale: time and peak memory at 1M and 10M inputs.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 1000000 10000000] [--index-files 100] [--json out.json]
+
+Each case runs in a fresh process (so that its peak is its own), no Ray, on the driver alone:
+  - index: a synthetic Parquet index (``--index-files`` files of N / files rows of ``uri`` + ``image_id``,
+    row groups of 64k rows, written once under --work) is listed (``list_input``), its row counts read from
+    the footers, and planned into units (``unit_rows`` -> ``plan_table``) of 256 rows; the plan is written
+    as Parquet (its size reported).
+  - images: a synthetic listing of N image files (``InputListing`` built in memory, what ``list_input``
+    returns) planned the same way: the cost of planning image files, for comparison.
+Reported: wall and CPU seconds of the case, the process's private memory before the case (imports: detbatch,
+pyarrow, ray) and its peak during it (RssAnon, sampled every 50 ms by ``detbatch.runtime.PrivateMemoryPeak``),
+VmHWM, units, the plan's bytes as Parquet and in Arrow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROW_GROUP_ROWS = 65_536
+IMAGES_PER_UNIT = 256
+
+
+def write_index(folder: Path, n: int, files: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    per_file = n // files
+    for f in range(files):
+        start = f * per_file
+        ids = pa.array(range(start, start + per_file), pa.int64())
+        uris = pa.array([f"s3://my-bucket/images/{i // 10000:05d}/{i:012d}.jpg" for i in range(start, start + per_file)])
+        pq.write_table(pa.table({"uri": uris, "image_id": ids}), folder / f"index-{f:05d}.parquet",
+                       row_group_size=ROW_GROUP_ROWS, compression="zstd")
+
+
+def run_case(kind: str, n: int, work: Path) -> dict:
+    """One case, in this process."""
+    import pyarrow.parquet as pq
+    import ray  # noqa: F401  (imported by the index's row counts: part of the baseline, not of the case)
+
+    from detbatch.detect import plan, units
+    from detbatch.runtime import PrivateMemoryPeak, proc_status_mib
+
+    baseline = proc_status_mib("RssAnon") or 0.0
+    wall, cpu = time.perf_counter(), time.process_time()
+    with PrivateMemoryPeak() as peak:
+        if kind == "index":
+            listing = units.list_input(str(work / f"index-{n}"), "index", parallel=False)
+        else:
+            uris = tuple(f"s3://my-bucket/images/{i // 10000:05d}/{i:012d}.jpg" for i in range(n))
+            listing = units.InputListing("images", "s3://my-bucket/images", uris, tuple("123456:etag" for _ in uris))
+        table = plan.plan_table(units.unit_rows(listing, IMAGES_PER_UNIT, None), listing, listing.summary())
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+    return {"case": kind, "inputs": n, "wall_s": round(time.perf_counter() - wall, 2),
+            "cpu_s": round(time.process_time() - cpu, 2), "baseline_private_mib": round(baseline, 1),
+            "peak_private_mib": round(peak.peak_mib, 1),
+            "vm_hwm_mib": round(proc_status_mib("VmHWM") or 0.0, 1), "units": table.num_rows,
+            "plan_mib": round(len(buf.getvalue()) / 2**20, 2), "plan_arrow_mib": round(table.nbytes / 2**20, 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    p.add_argument("--cases", nargs="+", default=["index", "images"])
+    p.add_argument("--images-max", type=int, default=1_000_000, help="largest N for the images case")
+    p.add_argument("--index-files", type=int, default=100)
+    p.add_argument("--work", default="/tmp/detbatch-scale")
+    p.add_argument("--json")
+    p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # KIND N: run one case here
+    args = p.parse_args()
+    work = Path(args.work)
+    if args.one:
+        print(json.dumps(run_case(args.one[0], int(args.one[1]), work)))
+        return
+    results = []
+    for n in args.sizes:
+        for kind in args.cases:
+            if kind == "images" and n > args.images_max:
+                continue
+            if kind == "index" and not (work / f"index-{n}").exists():
+                t = time.perf_counter()
+                write_index(work / f"index-{n}", n, args.index_files)
+                print(f"wrote the {n:,}-row index in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            out = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", kind, str(n)],
+                                 check=True, capture_output=True, text=True, env=os.environ).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
