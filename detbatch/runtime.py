@@ -104,7 +104,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     env = forwarded_env()
-    runtime_env = {"env_vars": env} if env else None
+    # A `ray job submit` driver (Ray sets this variable for it) runs with the job's runtime env, which its
+    # workers get too; Ray refuses to merge a second env_vars into one given at submission.
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    runtime_env = {"env_vars": env} if env and not in_job else None
     common = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # The Ray last started here with `ray start` (its address file; "auto" is Ray's public way to
