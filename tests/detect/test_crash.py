@@ -33,30 +33,18 @@ from tests.helpers.exactly_once import (
     STORAGES,
     assert_same_as_clean,
     check_invariants,
-    clean_reference,
     cli_args,
     committed_parts,
     config_values,
     detect_argv,
     detect_config,
     run_writer,
-    shared_store,
     snapshot,
     wait_for,
     wait_for_idle_cluster,
 )
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-@pytest.fixture(scope="module", params=STORAGES)
-def store(request, tmp_path_factory, s3_endpoint):
-    return shared_store(request.param, tmp_path_factory, s3_endpoint)
-
-
-@pytest.fixture(scope="module")
-def clean(store, ray_cluster):
-    return clean_reference(store)
 
 
 def _part(unit: int, generation: int = 1) -> str:

@@ -32,7 +32,6 @@ from tests.helpers.exactly_once import (
     STORAGES,
     assert_same_as_clean,
     check_invariants,
-    clean_reference,
     cli_args,
     detect_argv,
     config_values,
@@ -40,7 +39,6 @@ from tests.helpers.exactly_once import (
     detect_config,
     new_bucket,
     run_writer,
-    shared_store,
     snapshot,
     start_writer,
     wait_for,
@@ -52,16 +50,6 @@ from tests.helpers.writer import FENCED_EXIT_CODE, calls, detector
 def output(request, tmp_path, s3_endpoint) -> str:
     """A fresh output URI on local disk or on S3 (for the lease's own tests: no Ray)."""
     return str(tmp_path / "out") if request.param == "local" else f"{new_bucket(s3_endpoint)}/runs/out"
-
-
-@pytest.fixture(scope="module", params=STORAGES)
-def store(request, tmp_path_factory, s3_endpoint):
-    return shared_store(request.param, tmp_path_factory, s3_endpoint)
-
-
-@pytest.fixture(scope="module")
-def clean(store, ray_cluster):
-    return clean_reference(store)
 
 
 def _lease_file(output: str, generation: int) -> str:

@@ -20,7 +20,6 @@ from detbatch.detect.output import LISTING_FILE, PLAN_FILE, RUN_FILE, STATE_FILE
 from detbatch.detect.units import list_input
 from tests.helpers.exactly_once import (
     NUM_INPUTS,
-    STORAGES,
     Store,
     assert_same_as_clean,
     check_invariants,
@@ -34,16 +33,6 @@ from tests.helpers.exactly_once import (
     write_tiny_checkpoint,
 )
 from tests.helpers.images import png_bytes
-
-
-@pytest.fixture(scope="module", params=STORAGES)
-def store(request, tmp_path_factory, s3_endpoint):
-    return shared_store(request.param, tmp_path_factory, s3_endpoint)
-
-
-@pytest.fixture(scope="module")
-def clean(store, ray_cluster):
-    return clean_reference(store)
 
 
 # ------------------------------------------------------------------------------------------ locations

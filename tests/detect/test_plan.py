@@ -16,25 +16,12 @@ from detbatch.detect.driver import run_detect
 from detbatch.errors import InputError
 from tests.helpers.exactly_once import (
     NUM_INPUTS,
-    STORAGES,
     assert_same_as_clean,
     check_invariants,
-    clean_reference,
     copy_tree,
     detect_config,
     read_tables,
-    shared_store,
 )
-
-
-@pytest.fixture(scope="module", params=STORAGES)
-def store(request, tmp_path_factory, s3_endpoint):
-    return shared_store(request.param, tmp_path_factory, s3_endpoint)
-
-
-@pytest.fixture(scope="module")
-def clean(store, ray_cluster):
-    return clean_reference(store)
 
 
 def _no_listing(monkeypatch):
