@@ -1,5 +1,5 @@
 """Human-readable views of an evaluation's metrics dict: pycocotools' summary lines, report.md, PR curves,
-and with the diagnostics the confusion heatmap and the P/R/F1-by-threshold curves."""
+and with the diagnostics the confusion heatmap, the P/R/F1-by-threshold curves and the TIDE error bars."""
 
 from __future__ import annotations
 
@@ -83,6 +83,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         out += ["", *_threshold_table(metrics["thresholds"])]
     if "confusion" in metrics:
         out += ["", *_confusion_table(metrics["confusion"])]
+    if "errors" in metrics:
+        out += ["", *_errors_table(metrics["errors"])]
     if "slices" in metrics:
         out += ["", "## Slices", "", "Each as pycocotools on the slice's images alone.", "",
                 "| slice | images | AP | AP50 | AR100 |", "|---|---|---|---|---|"]
@@ -129,6 +131,56 @@ def _confusion_table(confusion: dict[str, Any]) -> list[str]:
     for label, row in zip(labels, confusion["matrix"]):
         out.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     return out
+
+
+# tidecv's short names of the error types, beside detbatch's
+_ERROR_LABELS = {
+    "classification": "Cls", "localisation": "Loc", "both": "Both", "duplicate": "Dupe", "background": "Bkg",
+    "missed": "Miss", "false_positives": "FalsePos", "false_negatives": "FalseNeg",
+}  # fmt: skip
+
+
+def _errors_table(errors: dict[str, Any]) -> list[str]:
+    """The TIDE breakdown: per error type its count and dAP, then per category (worst AP50 first)."""
+    types = list(errors["dAP"])
+    main = list(errors["counts"])
+    out = [
+        "## Error breakdown (TIDE)",
+        "",
+        f"AP50 {errors['AP50']:.3f}; dAP: the AP50 gained if that error type were fixed (IoU {errors['iou']}, "
+        f"background below IoU {errors['background_iou']}; docs/evaluate.md).",
+        "",
+        "| error | " + " | ".join(f"{e} ({_ERROR_LABELS.get(e, e)})" for e in types) + " |",
+        "|---" * (len(types) + 1) + "|",
+        "| count | " + " | ".join(str(errors["counts"][e]) if e in main else "—" for e in types) + " |",
+        "| dAP | " + " | ".join(f"{errors['dAP'][e]:.4f}" for e in types) + " |",
+        "",
+        "| category | id | AP50 | " + " | ".join(f"dAP {_ERROR_LABELS.get(e, e)}" for e in types) + " |",
+        "|---" * (len(types) + 3) + "|",
+    ]
+    rows = [(n, r) for n, r in errors["per_category"].items() if r["AP50"] is not None]
+    for name, row in sorted(rows, key=lambda kv: (kv[1]["AP50"], kv[0])):
+        cells = ["—" if row["dAP"][e] is None else f"{row['dAP'][e]:.3f}" for e in types]
+        out.append(f"| {name} | {row['category_id']} | {row['AP50']:.3f} | " + " | ".join(cells) + " |")
+    return out
+
+
+def errors_png(errors: dict[str, Any]) -> bytes:
+    """Bars of metrics.json ``errors``: the dAP of the six error types, and of false positives and negatives."""
+    fig, (main, special) = _figure(10, 3.8, 2)
+    for ax, names, colour, title in (
+        (main, list(errors["counts"]), "tab:red", "main errors"),
+        (special, [e for e in errors["dAP"] if e not in errors["counts"]], "tab:blue", "false positives / negatives"),
+    ):
+        values = [100 * errors["dAP"][e] for e in names]
+        bars = ax.barh(range(len(names)), values, color=colour)
+        ax.set_yticks(range(len(names)), [_ERROR_LABELS.get(e, e) for e in names])
+        ax.invert_yaxis()
+        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+        ax.set(title=f"{title}, dAP (AP50 points)", xlim=(0, max([*values, 1.0]) * 1.2))
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"TIDE error breakdown, AP50 = {100 * errors['AP50']:.2f}")
+    return _png(fig)
 
 
 def _figure(width: float, height: float, panels: int = 1) -> tuple[Any, Any]:
