@@ -151,6 +151,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluation", help="a `detbatch evaluate --out` folder: metrics, PR curves, diagnostics")
     p.add_argument("--out", required=True, help="folder for index.html and thumbs/ (any fsspec URI)")
     p.add_argument("--samples", type=int, default=None, help="gallery images, stratified by category (default 300)")
+    _add_label_flags(p, images="--images", images_help="VOC, YOLO: the images the labels belong to (default: beside them)")
     p.set_defaults(run=_run_report)
 
 
@@ -158,7 +159,8 @@ def _run_report(args: argparse.Namespace) -> int:
     from detbatch.report import DEFAULT_SAMPLES, write_report
 
     result = write_report(args.detections, args.out, ground_truth=args.ground_truth, evaluation=args.evaluation,
-                          samples=DEFAULT_SAMPLES if args.samples is None else args.samples)
+                          samples=DEFAULT_SAMPLES if args.samples is None else args.samples,
+                          annotations_format=args.annotations_format or "auto", images=args.images, names=args.names)
     print(f"report: {result.images_shown} images shown, {result.thumbnails} thumbnails, {result.seconds:.1f} s")
     print(f"  open: {result.index}")
     return 0
