@@ -90,6 +90,12 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+class TooLarge(str):
+    """A reason of :func:`decode_image` that says the image is over a size cap (``input.max_pixels``, or
+    Pillow's own), not that it is broken: a ``str`` like the others, which a caller may tell apart
+    (``detbatch serve`` answers it 413, not 400)."""
+
+
 def decode_image(data: bytes | None, max_pixels: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """``(H×W×3 uint8 array, None)`` or ``(None, reason)``; the first frame of an animation.
 
@@ -106,7 +112,8 @@ def decode_image(data: bytes | None, max_pixels: int | None = None) -> tuple[np.
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                return None, f"image of {width}x{height} = {width * height} pixels exceeds input.max_pixels={max_pixels}"
+                return None, TooLarge(f"image of {width}x{height} = {width * height} pixels exceeds "
+                                      f"input.max_pixels={max_pixels}")
             img.load()  # decode now: a truncated file fails here, not later in the detector
             try:
                 return rgb_pixels(img), None
@@ -115,7 +122,7 @@ def decode_image(data: bytes | None, max_pixels: int | None = None) -> tuple[np.
     except UnidentifiedImageError:
         return None, "not an image (unrecognised format)"
     except Image.DecompressionBombError as e:
-        return None, f"image too large: {e}"
+        return None, TooLarge(f"image too large: {e}")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return None, f"corrupt image: {e}"
     except Exception as e:  # a crafted file makes some plugins raise anything (struct.error, IndexError):
