@@ -54,6 +54,8 @@ _IGNORED_EVERYWHERE = np.uint64((1 << 40) - 1)
 # A transfer record's rank: beyond every maxDets, so that no other reduce counts it, and after the category's
 # own records of equal score and image in the sweep.
 TRANSFER_RANK = 1 << 20
+# (false positive, ground truth) pairs compared at once: ~100 bytes each in flight, ~25 MiB.
+EDGE_CHUNK = 1 << 18
 _EPS = np.spacing(1)  # as coco_reduce: pycocotools' tp / (fp + tp + np.spacing(1))
 
 
@@ -92,17 +94,21 @@ def error_records(gt: GroundTruth, m: Matching) -> MatchRecords:
     d_image = np.searchsorted(gt.image_ids, records.image_id[f])
     first = np.searchsorted(g_image, d_image, side="left")
     count = np.searchsorted(g_image, d_image, side="right") - first
-    e_det = np.repeat(np.arange(len(f)), count)
-    e_gt = rows[np.repeat(first, count) + ragged_arange(count)]
-    iou = paired_iou(xyxy_to_xywh(m.dt.boxes[f[e_det]]), gt.boxes[e_gt], np.zeros(len(e_gt), dtype=bool))
-    same = records.category_id[f[e_det]] == gt.category_id[e_gt]
-
     code = np.full(len(f), BKG, dtype=np.uint8)  # an image without regular ground truth: background
     points_at = np.full(len(f), -1, dtype=np.int64)
-    has = np.flatnonzero(count > 0)
-    if len(has):
-        start = (np.cumsum(count) - count)[has]
+    # In pieces of about EDGE_CHUNK edges, so that memory stays flat however many detections an image has.
+    ends = np.searchsorted(np.cumsum(count), np.arange(EDGE_CHUNK, int(count.sum()) + EDGE_CHUNK, EDGE_CHUNK), side="right")
+    boxes, gt_xywh = xyxy_to_xywh(m.dt.boxes[f]), gt.boxes
+    for lo, hi in zip(np.concatenate(([0], ends[:-1])), ends):
+        has = lo + np.flatnonzero(count[lo:hi] > 0)
+        if len(has) == 0:
+            continue
         c = count[has]
+        e_det = np.repeat(has, c)
+        e_gt = rows[np.repeat(first[has], c) + ragged_arange(c)]
+        iou = paired_iou(boxes[e_det], gt_xywh[e_gt], np.zeros(len(e_gt), dtype=bool))
+        same = records.category_id[f[e_det]] == gt.category_id[e_gt]
+        start = np.cumsum(c) - c
         # tidecv multiplies IoUs by a 0/1 mask, so a category without ground truth here has best IoU 0
         same_best, same_at = _segment_best(np.where(same, iou, 0.0), start, c)
         other_best, other_at = _segment_best(np.where(same, 0.0, iou), start, c)
