@@ -139,6 +139,27 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_filter(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "filter",
+        help="cut an existing detect output to score thresholds (a thresholds.json of evaluate), without the model",
+        description="Write a new detect output holding the detections of --detections that --score-threshold keeps "
+        "(the same layout and commit log; rerunning the same command finishes an interrupted one).",
+    )
+    p.add_argument("--detections", required=True, help="a finished detect output folder (RUN), any fsspec URI")
+    p.add_argument("--score-threshold", required=True, type=_score_or_uri,
+                   help="a score for every category, or a thresholds.json of `detbatch evaluate` (one per category)")
+    p.add_argument("--out", required=True, help="folder for the filtered output (new or an interrupted filter's)")
+    p.set_defaults(run=_run_filter)
+
+
+def _run_filter(args: argparse.Namespace) -> int:
+    from detbatch.evaluate.postfilter import filter_run
+
+    print(filter_run(args.detections, args.score_threshold, args.out).line())
+    return 0
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
@@ -466,6 +487,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_detect,
     _add_evaluate,
+    _add_filter,
     _add_report,
     _add_train,
     _add_synth,
