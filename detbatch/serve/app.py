@@ -168,7 +168,8 @@ def build_app(config: ServeConfig) -> "Application":
     else:
         scaling = {"num_replicas": rep.num_replicas}
     deployment = DetectorDeployment.options(
-        ray_actor_options=actor_options, max_ongoing_requests=config.max_ongoing_requests, **scaling)
+        ray_actor_options=actor_options, max_ongoing_requests=config.max_ongoing_requests,
+        logging_config={"enable_access_log": config.http.access_log}, **scaling)
     return deployment.bind(settings, config.input.model_dump(), config.batching.model_dump())
 
 

@@ -84,6 +84,8 @@ class HttpConfig(Section):
     port: int = Field(8000, ge=1, le=65535)
     proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
     """Serve's HTTP proxies: on every node that runs a replica, or on the head node only."""
+    access_log: bool = True
+    """A log line per request from the replicas (Serve's access log); off saves their CPU under heavy load."""
 
 
 class ServeConfig(Section):

@@ -133,3 +133,21 @@ def test_cli_flags_reach_the_config():
     config = load_job_config(ServeConfig, args, SERVE_FLAGS)
     assert (config.model.weights, config.replicas.num_replicas, config.http.port) == ("/m/model.pt", "auto", 9000)
     assert config.batching.max_batch_size == 4 and config.input.uri_prefixes == ["s3://b/", "/data"]
+
+
+def test_the_shipped_configs_are_valid():
+    """configs/serve.yaml loads; configs/serve-app.yaml is a valid Serve config whose args load the same way."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    repo = Path(__file__).resolve().parents[2]
+    config = load_config(ServeConfig, str(repo / "configs" / "serve.yaml"))
+    assert config.replicas.num_replicas == "auto" and config.input.uri_prefixes == ["s3://my-bucket/images/"]
+    app = yaml.safe_load((repo / "configs" / "serve-app.yaml").read_text())
+    ServeDeploySchema.model_validate(app)
+    (entry,) = app["applications"]
+    assert entry["import_path"] == "detbatch.serve.app:app_builder"
+    config = load_config(ServeConfig, None, None, entry["args"])  # as app_builder reads them
+    assert (config.batching.max_batch_size, config.replicas.max_replicas) == (16, 8)
