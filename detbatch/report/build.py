@@ -31,7 +31,7 @@ THUMBS = "thumbs"
 # Files of an evaluation folder shown as they are, when present (the evaluate issue's diagnostics).
 DIAGNOSTICS = ("report.md", "thresholds.json", "diagnostics.json", "confusion.json", "error_types.json", "slices.json")
 # Pictures of an evaluation folder, copied beside the page: PR curves, and issue 15's diagnostics.
-PICTURES = ("pr_curves.png", "thresholds.png", "confusion.png")
+PICTURES = ("pr_curves.png", "thresholds.png", "confusion.png", "errors.png")  # as `detbatch evaluate` writes them
 
 
 @dataclass(frozen=True)
