@@ -90,9 +90,9 @@ print(json.dumps({"execution": e, "AP": m["AP"], "errors": "errors" in m}))
 """
 
 
-def bench_large(work: Path, n_images: int, cpus: int) -> None:
-    """Plain stats, then all diagnostics, on a local Ray in fresh processes; per stage: tasks, task and CPU
-    seconds, peak memory."""
+def bench_large(work: Path, n_images: int, cpus: int, only: str | None = None) -> None:
+    """Plain stats, then all diagnostics (or the ``only`` one: ``plain`` or ``diagnostics``), on a local Ray
+    in fresh processes; per stage: tasks, task and CPU seconds, peak memory."""
     stamp = work / "dataset.json"
     if stamp.exists() and json.loads(stamp.read_text())["images"] == n_images:
         d = json.loads(stamp.read_text())
@@ -100,7 +100,9 @@ def bench_large(work: Path, n_images: int, cpus: int) -> None:
     else:
         gt_path, run, n_gt, n_det = write_dataset(work, n_images)
         stamp.write_text(json.dumps({"images": n_images, "gt": str(gt_path), "run": str(run), "gt_boxes": n_gt, "detections": n_det}))
-    for name, keys in list(VARIANTS.items())[:2]:
+    for i, (name, keys) in enumerate(list(VARIANTS.items())[:2]):
+        if only is not None and only != ("plain", "diagnostics")[i]:
+            continue
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", LARGE_SCRIPT, str(run), str(gt_path), str(work / "eval"), json.dumps(keys), str(cpus)],
                               check=True, capture_output=True, text=True)
@@ -122,11 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None, help="large runs: keep the data here (default: a temp dir)")
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs for a large run")
+    parser.add_argument("--only", choices=["plain", "diagnostics"], help="large runs: one of the two variants")
     args = parser.parse_args(argv)
     if args.images > LARGE:
         work = args.workdir or Path(tempfile.mkdtemp(prefix="eval_diagnostics-"))
         work.mkdir(parents=True, exist_ok=True)
-        bench_large(work, args.images, args.cpus)
+        bench_large(work, args.images, args.cpus, args.only)
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
