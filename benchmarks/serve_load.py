@@ -11,8 +11,10 @@
   (:class:`detbatch.serve.model.ServedModel`, detect's Detector) with ``--cpus`` torch threads, one request
   at a time through the model (no batching).
 
-Each client posts COCO128 JPEGs (or synthetic PNGs where COCO128 is absent) in a loop over a kept-alive
-connection; each level runs ``--seconds`` after a warm-up, or ``--max-requests``, whichever ends first.
+Each client posts COCO128 JPEGs (or synthetic JPEGs where COCO128 is absent) in a loop over a kept-alive
+connection. Both servers are up at once and take turns at each level (``--rounds`` turns of
+``--seconds``/``--rounds`` each, after a short warm-up), so that the other load of a shared machine, which
+drifts by the minute, falls on both alike; a level ends early at ``--max-requests``.
 The goal (issue 19): at 16 clients serve's throughput ≥ 1.5× bare's, with p99 ≤ 2× bare's p99.
 
 ``soak``: serve alone at ``--clients`` clients for ``--minutes``; every error is counted, and the resident
@@ -117,11 +119,25 @@ def bare_server(port: int, settings: dict[str, Any]) -> None:
     server.serve_forever()
 
 
+def bare_env() -> dict[str, str]:
+    """The bare server runs with the allocator serve's replicas get from a local Ray (jemalloc, never decaying:
+    detbatch.runtime.WORKER_ENV), so that the comparison is of serving, not of malloc."""
+    import ray
+
+    from detbatch.runtime import WORKER_ENV
+
+    jemalloc = Path(ray.__file__).parent / "core" / "libjemalloc.so"  # what Ray preloads into its workers
+    env = {**os.environ, "MALLOC_CONF": WORKER_ENV["MALLOC_CONF"]}
+    if jemalloc.exists():
+        env["LD_PRELOAD"] = str(jemalloc)
+    return env
+
+
 def start_bare(args: argparse.Namespace) -> tuple[str, subprocess.Popen]:
     port = free_port()
     settings = model_settings(args, args.cpus)
     proc = subprocess.Popen([sys.executable, __file__, "bare-server", str(port), json.dumps(settings)],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, text=True, env=bare_env())
     line = proc.stdout.readline()  # waits for the model to load
     if line.strip() != "ready":
         proc.kill()
@@ -152,9 +168,12 @@ def start_detbatch_serve(args: argparse.Namespace) -> str:
 
 def serve_pids() -> dict[str, list[int]]:
     """Process ids of the replicas and of Serve's proxy (Ray's state API)."""
+    import ray
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    # This Ray's address: a shared machine may run other Rays, and "auto" then refuses to choose.
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                        limit=1000)
     return {"replica": [a.pid for a in alive if a.class_name.startswith("ServeReplica:")],
             "proxy": [a.pid for a in alive if a.class_name == "ProxyActor"]}
 
@@ -162,17 +181,15 @@ def serve_pids() -> dict[str, list[int]]:
 # --- the load -------------------------------------------------------------------------------------------
 
 
-def run_level(url: str, images: list[bytes], clients: int, seconds: float, max_requests: int,
-              warmup_s: float) -> dict[str, Any]:
-    """``clients`` threads posting in a loop; latencies of the requests sent after the warm-up."""
-    import numpy as np
+def drive(url: str, images: list[bytes], clients: int, seconds: float, max_requests: int,
+          warmup_s: float) -> dict[str, Any]:
+    """``clients`` threads posting in a loop; the latencies (s) and errors of the requests sent after the warm-up."""
     import requests
 
     start = time.monotonic()
     measure_from, deadline = start + warmup_s, start + warmup_s + seconds
     latencies: list[float] = []
     errors: list[str] = []
-    sent = [0]
     lock = threading.Lock()
 
     def client(k: int) -> None:
@@ -180,7 +197,7 @@ def run_level(url: str, images: list[bytes], clients: int, seconds: float, max_r
         i = k
         while True:
             with lock:
-                if time.monotonic() >= deadline or sent[0] >= max_requests:
+                if time.monotonic() >= deadline or len(latencies) + len(errors) >= max_requests:
                     return
             t0 = time.monotonic()
             try:
@@ -193,7 +210,6 @@ def run_level(url: str, images: list[bytes], clients: int, seconds: float, max_r
             i += clients
             if t0 >= measure_from:
                 with lock:
-                    sent[0] += 1
                     (latencies.append(t1 - t0) if ok else errors.append(why))
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
@@ -201,32 +217,46 @@ def run_level(url: str, images: list[bytes], clients: int, seconds: float, max_r
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - measure_from
-    lat = np.array(latencies) * 1000
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "first_errors": errors[:3],
-            "seconds": round(elapsed, 1), "throughput": round(len(latencies) / elapsed, 2),
+    return {"latencies": latencies, "errors": errors, "seconds": time.monotonic() - measure_from}
+
+
+def summary(clients: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    lat = np.array([x for r in runs for x in r["latencies"]]) * 1000
+    errors = [e for r in runs for e in r["errors"]]
+    elapsed = sum(r["seconds"] for r in runs)
+    return {"clients": clients, "requests": len(lat), "errors": len(errors), "first_errors": errors[:3],
+            "seconds": round(elapsed, 1), "throughput": round(len(lat) / elapsed, 2),
             **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) if len(lat) else None for q in (50, 95, 99)}}
 
 
 def load(args: argparse.Namespace) -> dict[str, Any]:
+    """Both servers up at once; at each level they take turns, ``--rounds`` times, so that a change in the
+    machine's other load (a shared machine) falls on both alike."""
     images = load_images()
     levels = [int(c) for c in args.clients.split(",")]
-    results: dict[str, Any] = {"machine": machine(), "settings": vars(args) | {"images": len(images)}}
+    results: dict[str, Any] = {"machine": machine(), "settings": vars(args) | {"images": len(images)},
+                               "bare": [], "serve": []}
     bare_url, bare = start_bare(args)
     try:
-        results["bare"] = [run_level(bare_url, images, c, args.seconds, args.max_requests, args.warmup_s)
-                           for c in levels]
+        urls = {"bare": bare_url, "serve": start_detbatch_serve(args)}
+        per_round = args.seconds / args.rounds
+        for clients in levels:
+            runs: dict[str, list[dict[str, Any]]] = {"bare": [], "serve": []}
+            for _ in range(args.rounds):
+                for name, url in urls.items():
+                    runs[name].append(drive(url, images, clients, per_round, args.max_requests // args.rounds,
+                                            args.warmup_s))
+            for name in urls:
+                row = summary(clients, runs[name])
+                results[name].append(row)
+                print(f"{name:5s} {row['clients']:3d} clients: {row['throughput']:7.2f} req/s, p50 {row['p50_ms']} ms, "
+                      f"p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms, {row['requests']} ok, {row['errors']} errors",
+                      flush=True)
     finally:
         bare.kill()
         bare.wait()
-    serve_url = start_detbatch_serve(args)
-    results["serve"] = [run_level(serve_url, images, c, args.seconds, args.max_requests, args.warmup_s)
-                        for c in levels]
-    for name in ("bare", "serve"):
-        for row in results[name]:
-            print(f"{name:5s} {row['clients']:3d} clients: {row['throughput']:7.2f} req/s, p50 {row['p50_ms']} ms, "
-                  f"p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms, {row['requests']} ok, {row['errors']} errors",
-                  flush=True)
     top = {name: results[name][-1] for name in ("bare", "serve")}
     if top["bare"]["throughput"] and top["bare"]["p99_ms"]:
         ratio = top["serve"]["throughput"] / top["bare"]["throughput"]
@@ -234,6 +264,7 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
         results["goal"] = {"throughput_ratio": round(ratio, 2), "p99_ratio": round(p99, 2),
                            "met": ratio >= 1.5 and p99 <= 2.0}
         print(f"at {levels[-1]} clients: serve/bare throughput {ratio:.2f}x (goal >= 1.5), p99 {p99:.2f}x (goal <= 2)")
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     return results
 
 
@@ -260,7 +291,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     chunk = 60.0  # one load level a minute: errors and throughput as they go
     t_end = time.monotonic() + total_s
     while time.monotonic() < t_end:
-        stats.append(run_level(url, images, args.clients, min(chunk, t_end - time.monotonic()), 10**9, 0.0))
+        stats.append(summary(args.clients, [drive(url, images, args.clients, min(chunk, t_end - time.monotonic()),
+                                                   10**9, 0.0)]))
         print(f"soak: {stats[-1]['throughput']} req/s, p99 {stats[-1]['p99_ms']} ms, {stats[-1]['errors']} errors",
               flush=True)
     stop.set()
@@ -296,8 +328,9 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--clients", default=None, help="load: levels, comma-separated (1,4,16); soak: one (4)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="load: measured seconds per level")
-    parser.add_argument("--warmup-s", type=float, default=3.0, help="load: seconds per level not measured")
+    parser.add_argument("--seconds", type=float, default=24.0, help="load: measured seconds per level and server")
+    parser.add_argument("--rounds", type=int, default=4, help="load: turns each server takes at each level")
+    parser.add_argument("--warmup-s", type=float, default=1.0, help="load: seconds of each turn not measured")
     parser.add_argument("--max-requests", type=int, default=2000, help="load: measured requests per level at most")
     parser.add_argument("--minutes", type=float, default=10.0, help="soak: how long")
     parser.add_argument("--warmup-minutes", type=float, default=1.0, help="soak: memory growth counts after this")
