@@ -139,7 +139,7 @@ def listing_or_plan(config: "DetectConfig") -> tuple[InputListing | None, pa.Tab
         logger.info("%s: resuming from its plan (%d units); the input is not listed (--verify-input lists "
                     "it and compares)", out.uri, stored[0].num_rows)
         return None, *stored
-    if inp.parallel_listing:
+    if inp.parallel_listing and _is_folder(inp.uri):
         init_ray(config.ray.address)  # list sub-prefixes in tasks (detbatch.detect.listing)
     listing = list_input(inp.uri, inp.format, parallel=None if inp.parallel_listing else False)
     if listing.kind == "index" and inp.manifest:
@@ -153,3 +153,15 @@ def listing_or_plan(config: "DetectConfig") -> tuple[InputListing | None, pa.Tab
         logger.info("--verify-input: %s lists the same %d files as the plan", inp.uri, listing.num_inputs)
         return None, *stored
     return listing, None, listing.summary()
+
+
+def _is_folder(uri: str) -> bool:
+    """Whether ``uri`` is a folder or prefix, what a parallel listing splits: not a file, a glob, or nothing
+    (which :func:`list_input` then names, before Ray is started for it)."""
+    fs, path = storage.resolve(uri)
+    if any(c in path for c in "*?["):
+        return False
+    try:
+        return storage.retrying(lambda: fs.info(path), f"{uri}: look").get("type") == "directory"
+    except Exception:  # not found, or unreachable: list_input's error says which
+        return False
