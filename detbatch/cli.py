@@ -18,6 +18,11 @@ def _score_or_uri(value: str) -> float | str:
         return value
 
 
+def _int_or_auto(value: str) -> int | str:
+    """``--max-actors``: a number, or ``auto``."""
+    return value if value == "auto" else int(value)
+
+
 def _add_detect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "detect",
@@ -39,7 +44,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
                    "or a thresholds.json of `detbatch evaluate` (a threshold per category)")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
     p.add_argument("--min-actors", type=int, help="detector pool size at least")
-    p.add_argument("--max-actors", type=int, help="detector pool size at most")
+    p.add_argument("--max-actors", type=_int_or_auto, help="detector pool size at most, or auto (one per GPU; docs/detect.md)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--ray-address", help="Ray cluster to join (default: the job's, else a local one)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an output made with other settings")
