@@ -171,6 +171,9 @@ def _pool(config: DetectConfig) -> Pool:
     if config.inference.max_actors == "auto":
         logger.info("inference.max_actors: auto = %d (%s)", pool.max_actors, "one per GPU" if pool.gpus else
                     "each node's CPUs but one decode task's, by inference.cpus_per_actor")
+        if config.inference.autoscaling:
+            logger.warning("inference.max_actors: auto counts the nodes up now (%d actors); with an autoscaler, give "
+                           "the number of GPUs to grow to instead", pool.max_actors)
     return pool
 
 
