@@ -1,12 +1,15 @@
 """What the diagnostics of issue 15 cost: ``detbatch evaluate`` with plain COCO stats against the stats with
-thresholds and the confusion matrix (the default), and with slices too, on the COCO-sized synthetic set of
-``eval_speed.py`` (5,000 images, ~330k detections).
+every diagnostic (thresholds, confusion matrix, TIDE error breakdown: the default), and with slices too, on
+the synthetic sets of ``eval_speed.py``.
 
     python benchmarks/eval_diagnostics.py [--images 5000] [--repeat 2]
+    python benchmarks/eval_diagnostics.py --images 1000000 --workdir /tmp/eb1m --cpus 2   # on a local Ray
 
-Two views: the library call in this process (match + reduce, then the confusion map), best of
-``--repeat``; and end to end, each a fresh process through ``run_evaluate`` (reading the Parquet and the
-JSON, writing the outputs), with its wall time and peak RSS.
+COCO-sized (5,000 images, ~330k detections), two views: the library call in this process (match + reduce,
+then the confusion map), best of ``--repeat``; and end to end, each a fresh process through
+``run_evaluate`` (reading the Parquet and the JSON, writing the outputs), with its wall time, CPU time and
+peak RSS. Above 20,000 images: plain and all diagnostics end to end on a local Ray (``use_ray=True``), each
+a fresh process, with the time and memory of every stage (the data is written once per ``--workdir``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_speed import _load_set, write_dataset  # noqa: E402
+from eval_speed import LARGE, _load_set, write_dataset  # noqa: E402
 
 END_TO_END = """
 import json, sys, time
@@ -35,16 +38,16 @@ print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.pr
 
 VARIANTS = {
     "plain stats": {"diagnostics": False},
-    "stats + thresholds + confusion": {},
+    "stats + thresholds + confusion + TIDE errors": {},
     "... + slices (num_objects, image_size)": {"slice_by": ["num_objects", "image_size"]},
 }
 
 
 def bench_library(gt_path: Path, run: Path, repeat: int) -> dict[str, float]:
+    from detbatch.evaluate import EvaluateConfig
+    from detbatch.evaluate.metric import metric_for
     from detbatch.metrics import Detections, GroundTruth, count_ground_truth, match_images, reduce
-    from detbatch.metrics.confusion import confusion_matrix
     from detbatch.metrics.grouping import accumulate_by_category
-    from detbatch.metrics.thresholds import accumulate_with_thresholds, combine_with_thresholds, confusion_score_thresholds
 
     dataset, det = _load_set(gt_path, run)
     gt = GroundTruth.from_coco(dataset)
@@ -54,13 +57,15 @@ def bench_library(gt_path: Path, run: Path, repeat: int) -> dict[str, float]:
     def plain() -> None:
         reduce(match_images(gt, dt), gt.category_ids, counts)
 
+    metric = metric_for(EvaluateConfig())  # the diagnostics as run_evaluate runs them
+
     def diagnostics() -> None:
-        records = match_images(gt, dt)
-        result = combine_with_thresholds(gt.category_ids, counts, accumulate_by_category(records, gt.category_ids, counts, accumulate_with_thresholds))
-        confusion_matrix(gt, dt, confusion_score_thresholds(result.category_ids, result.thresholds, None))
+        records = metric.match(gt, dt)
+        result = metric.combine(gt.category_ids, counts, accumulate_by_category(records, gt.category_ids, counts, metric.accumulate))
+        metric.confusion(gt, dt, result)
 
     out = {}
-    for name, fn in (("plain stats", plain), ("stats + thresholds + confusion", diagnostics)):
+    for name, fn in (("plain stats", plain), ("stats + thresholds + confusion + TIDE errors", diagnostics)):
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
@@ -70,11 +75,62 @@ def bench_library(gt_path: Path, run: Path, repeat: int) -> dict[str, float]:
     return out
 
 
+LARGE_SCRIPT = """
+import json, logging, sys, time
+import ray
+ray.init(address="local", num_cpus=int(sys.argv[5]), include_dashboard=False, logging_level=logging.WARNING)
+from detbatch.evaluate import EvaluateConfig, run_evaluate
+start, cpu = time.perf_counter(), time.process_time()
+m = run_evaluate(EvaluateConfig(detections=sys.argv[1], ground_truth=sys.argv[2], out=sys.argv[3], use_ray=True, **json.loads(sys.argv[4])))
+e = m["execution"]
+e["wall_s_in_process"] = time.perf_counter() - start
+e["driver_cpu_seconds"] = time.process_time() - cpu
+e["peak_rss_mib_driver_at_exit"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+print(json.dumps({"execution": e, "AP": m["AP"], "errors": "errors" in m}))
+"""
+
+
+def bench_large(work: Path, n_images: int, cpus: int, only: str | None = None) -> None:
+    """Plain stats, then all diagnostics (or the ``only`` one: ``plain`` or ``diagnostics``), on a local Ray
+    in fresh processes; per stage: tasks, task and CPU seconds, peak memory."""
+    stamp = work / "dataset.json"
+    if stamp.exists() and json.loads(stamp.read_text())["images"] == n_images:
+        d = json.loads(stamp.read_text())
+        gt_path, run = Path(d["gt"]), Path(d["run"])
+    else:
+        gt_path, run, n_gt, n_det = write_dataset(work, n_images)
+        stamp.write_text(json.dumps({"images": n_images, "gt": str(gt_path), "run": str(run), "gt_boxes": n_gt, "detections": n_det}))
+    for i, (name, keys) in enumerate(list(VARIANTS.items())[:2]):
+        if only is not None and only != ("plain", "diagnostics")[i]:
+            continue
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", LARGE_SCRIPT, str(run), str(gt_path), str(work / "eval"), json.dumps(keys), str(cpus)],
+                              check=True, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        e = r["execution"]
+        task_cpu = sum(stage["task_cpu_seconds"] for stage in e["stages"].values())
+        print(f"\n{name}: {seconds:.0f} s end to end, driver CPU {e['driver_cpu_seconds']:.0f} s + task CPU {task_cpu:.0f} s; "
+              f"peak RSS driver {e['peak_rss_mib_driver_at_exit']:.0f} MiB, busiest worker {e['peak_rss_mib_worker']:.0f} MiB, "
+              f"peak private per task {e['peak_private_mib_task']:.0f} MiB; AP {r['AP']:.4f}")
+        for stage, st in e["stages"].items():
+            print(f"  {stage:<9} {st['tasks']:4d} tasks, {st['task_seconds']:7.1f} task-s ({st['task_cpu_seconds']:.1f} CPU), "
+                  f"peak RSS {st['peak_rss_mib']:.0f} MiB, private per task {st['peak_private_mib']:.0f} MiB")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None, help="large runs: keep the data here (default: a temp dir)")
+    parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs for a large run")
+    parser.add_argument("--only", choices=["plain", "diagnostics"], help="large runs: one of the two variants")
     args = parser.parse_args(argv)
+    if args.images > LARGE:
+        work = args.workdir or Path(tempfile.mkdtemp(prefix="eval_diagnostics-"))
+        work.mkdir(parents=True, exist_ok=True)
+        bench_large(work, args.images, args.cpus, args.only)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         gt_path, run, n_gt, n_det = write_dataset(work, args.images)

@@ -1,6 +1,10 @@
-"""Driver cost of planning a detect run at scale: time and peak memory at 1M and 10M inputs.
+"""Driver cost of planning a detect run at scale: time and peak memory at 1M, 10M and 100M inputs.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 1000000 10000000] [--index-files 100] [--json out.json]
+    .venv/bin/python benchmarks/scale.py [--sizes 1000000 10000000 100000000] [--images-max 10000000]
+                                         [--index-files 100] [--work /tmp/detbatch-scale] [--json out.json]
+
+Issue 14's other scale benchmarks: ``s3_listing.py`` (sequential vs parallel listing of a moto prefix),
+``pipeline_overhead.py`` (CPU-ms per image against a Ray Data peer), ``million.py`` (many images end to end).
 
 Each case runs in a fresh process (so that its peak is its own), no Ray, on the driver alone:
   - index: a synthetic Parquet index (``--index-files`` files of N / files rows of ``uri`` + ``image_id``,
@@ -8,7 +12,8 @@ Each case runs in a fresh process (so that its peak is its own), no Ray, on the 
     the footers, and planned into units (``unit_rows`` -> ``plan_table``) of 256 rows; the plan is written
     as Parquet (its size reported).
   - images: a synthetic listing of N image files (``InputListing`` built in memory, what ``list_input``
-    returns) planned the same way: the cost of planning image files, for comparison.
+    returns) planned the same way: the cost of planning image files, for comparison; only up to
+    ``--images-max`` (~240 B per image: 100M would need ~24 GB).
 Reported: wall and CPU seconds of the case, the process's private memory before the case (imports: detbatch,
 pyarrow, ray) and its peak during it (RssAnon, sampled every 50 ms by ``detbatch.runtime.PrivateMemoryPeak``),
 VmHWM, units, the plan's bytes as Parquet and in Arrow.
@@ -30,15 +35,22 @@ IMAGES_PER_UNIT = 256
 
 
 def write_index(folder: Path, n: int, files: int) -> None:
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
+    def padded(values: "pa.Array", width: int) -> "pa.Array":
+        return pc.utf8_lpad(pc.cast(values, pa.string()), width, padding="0")
 
     folder.mkdir(parents=True, exist_ok=True)
     per_file = n // files
     for f in range(files):
         start = f * per_file
-        ids = pa.array(range(start, start + per_file), pa.int64())
-        uris = pa.array([f"s3://my-bucket/images/{i // 10000:05d}/{i:012d}.jpg" for i in range(start, start + per_file)])
+        ids = pa.array(np.arange(start, start + per_file, dtype=np.int64))
+        # s3://my-bucket/images/{i // 10000:05d}/{i:012d}.jpg, built in Arrow (100M Python strings take ~20 min here)
+        uris = pc.binary_join_element_wise("s3://my-bucket/images/", padded(pc.divide(ids, 10000), 5), "/",
+                                           padded(ids, 12), ".jpg", "")
         pq.write_table(pa.table({"uri": uris, "image_id": ids}), folder / f"index-{f:05d}.parquet",
                        row_group_size=ROW_GROUP_ROWS, compression="zstd")
 

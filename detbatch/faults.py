@@ -2,9 +2,11 @@
 
 ``failpoint("sink.between_detections_and_images")`` does nothing unless the environment variable
 ``DETBATCH_FAILPOINTS`` names it: ``NAME=exit`` (die at the first pass, ``os._exit(FAILPOINT_EXIT_CODE)``,
-no cleanup, no ``finally`` blocks, as a SIGKILL would) or ``NAME=exit@N`` (at the N-th pass), several
-separated by commas. The variable is read once per process, so an unset one costs a dict lookup. The
-fault-injection tests (docs/reliability.md) set it for a writer process; nothing else should.
+no cleanup, no ``finally`` blocks, as a SIGKILL would) or ``NAME=exit@N`` (at the N-th pass); ``NAME=raise``
+(raise :class:`FailpointError` at every pass, as a model that fails on one input does, the process living
+on) or ``NAME=raise@N`` (at the N-th pass only); several separated by commas. The variable is read once
+per process, so an unset one costs a dict lookup. The fault-injection tests (docs/reliability.md) set it for
+a writer process (or a serve replica); nothing else should.
 """
 
 from __future__ import annotations
@@ -16,26 +18,34 @@ from collections import Counter
 FAILPOINT_EXIT_CODE = 97
 
 _passes: Counter[str] = Counter()
-_armed: dict[str, int] | None = None
+# name -> (verb, pass): the pass it fires at, 0 for every pass.
+_armed: dict[str, tuple[str, int]] | None = None
 
 
-def _parse(spec: str) -> dict[str, int]:
+class FailpointError(RuntimeError):
+    """What a ``NAME=raise`` failpoint raises."""
+
+
+def _parse(spec: str) -> dict[str, tuple[str, int]]:
     armed = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, action = item.partition("=")
         verb, _, nth = action.partition("@")
-        if verb != "exit":
-            raise ValueError(f"DETBATCH_FAILPOINTS: {item!r}: the action must be exit or exit@N")
-        armed[name] = int(nth or 1)
+        if verb not in ("exit", "raise"):
+            raise ValueError(f"DETBATCH_FAILPOINTS: {item!r}: the action must be exit, exit@N, raise or raise@N")
+        armed[name] = (verb, int(nth or (1 if verb == "exit" else 0)))
     return armed
 
 
 def failpoint(name: str) -> None:
-    """Die here if ``DETBATCH_FAILPOINTS`` arms ``name`` for this pass (see the module docstring)."""
+    """Die (or raise) here if ``DETBATCH_FAILPOINTS`` arms ``name`` for this pass (see the module docstring)."""
     global _armed
     if _armed is None:
         _armed = _parse(os.environ.get("DETBATCH_FAILPOINTS", ""))
     if name in _armed:
         _passes[name] += 1
-        if _passes[name] == _armed[name]:
-            os._exit(FAILPOINT_EXIT_CODE)
+        verb, nth = _armed[name]
+        if nth in (0, _passes[name]):
+            if verb == "exit":
+                os._exit(FAILPOINT_EXIT_CODE)
+            raise FailpointError(f"failpoint {name} (DETBATCH_FAILPOINTS)")

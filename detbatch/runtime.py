@@ -24,6 +24,7 @@ _FORWARDED_ENV = (
     "AWS_PROFILE",
     # Failpoints (detbatch.faults) of a crash test reach the job's actors this way; unset, nothing is sent.
     "DETBATCH_FAILPOINTS",
+    "DETBATCH_STORAGE_MAX_BACKOFF_S",  # storage.max_backoff_s
 )
 
 # AWS credentials: forwarded only when FORWARD_SECRETS_ENV is "1", since the job table above would then

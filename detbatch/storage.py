@@ -132,10 +132,30 @@ def check_readable(uri: str) -> None:
 # bytes that are not an image) becomes an error row. docs/reliability.md has the faults tried.
 
 # Attempts of one storage call, and the backoff between them: 0.25 s doubling to 8 s, about 30 s in all,
-# longer than S3's documented SlowDown bursts. Ray then retries the whole task on top.
+# longer than S3's documented SlowDown bursts. Ray then retries the whole task on top. The longest wait
+# can be set with DETBATCH_STORAGE_MAX_BACKOFF_S (a store that recovers fast, or a slower one), which
+# detbatch forwards to the job's workers (detbatch.runtime).
 RETRY_ATTEMPTS = 8
 RETRY_FIRST_DELAY_S = 0.25
 RETRY_MAX_DELAY_S = 8.0
+MAX_BACKOFF_ENV = "DETBATCH_STORAGE_MAX_BACKOFF_S"
+
+
+def max_backoff_s() -> float:
+    """The longest wait between two attempts: ``DETBATCH_STORAGE_MAX_BACKOFF_S``, else ``RETRY_MAX_DELAY_S``."""
+    value = os.environ.get(MAX_BACKOFF_ENV, "")
+    if not value:
+        return RETRY_MAX_DELAY_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 600:
+        from detbatch.config import ConfigError
+
+        raise ConfigError(f"{MAX_BACKOFF_ENV}={value!r}: give seconds between 0 and 600 (default "
+                          f"{RETRY_MAX_DELAY_S:g}), or unset it")
+    return seconds
 
 # HTTP statuses and S3 error codes that mean "try again" (AWS's retry guidance).
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -189,7 +209,8 @@ def is_transient(error: BaseException) -> bool:
 def retrying(call: Callable[[], T], what: str) -> T:
     """``call()``, retried on transient failures with backoff; after the last attempt a
     :class:`TransientStorageError` naming ``what``. Permanent failures propagate at once."""
-    delay = RETRY_FIRST_DELAY_S
+    longest = max_backoff_s()
+    delay = min(RETRY_FIRST_DELAY_S, longest)
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return call()
@@ -204,7 +225,7 @@ def retrying(call: Callable[[], T], what: str) -> T:
             logger.warning("%s: %s: %s; retrying in %.1f s (attempt %d of %d)",
                            what, type(e).__name__, e, delay, attempt + 1, RETRY_ATTEMPTS)
             time.sleep(delay * (0.5 + random.random()))
-            delay = min(RETRY_MAX_DELAY_S, delay * 2)
+            delay = min(longest, delay * 2)
     raise AssertionError("unreachable")
 
 

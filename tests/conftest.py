@@ -73,8 +73,12 @@ def ray_cluster(s3_endpoint):
 
     def start() -> Cluster:
         with local_ray_env():  # workers as detbatch's local Ray runs them (jemalloc; runtime.WORKER_ENV)
+            # A node whose raylet is killed (test_chaos) is declared dead after 5 failed health checks: one a
+            # second here, not Ray's one in 3 s. Each check still waits up to Ray's 10 s for a reply, so a
+            # raylet slowed by load is not taken for dead.
             cluster = Cluster(initialize_head=True,
-                              head_node_args={"num_cpus": 2, "resources": {"node_a": 100, "detector_slot": 1}})
+                              head_node_args={"num_cpus": 2, "resources": {"node_a": 100, "detector_slot": 1},
+                                              "_system_config": {"health_check_period_ms": 1000}})
             try:
                 cluster.add_node(num_cpus=2, resources={"node_b": 100, "detector_slot": 1})
                 cluster.wait_for_nodes()

@@ -75,6 +75,20 @@ def test_missing_input_folder_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_input_is_named_before_ray_starts(tmp_path):
+    """A mistyped --input is named at once: no Ray is started (or joined) to list it. A fresh process,
+    since this one may be connected to the test cluster already."""
+    import subprocess
+    import sys
+
+    code = ("import ray, sys; from detbatch.cli import main; "
+            f"rc = main(['detect', '--input', {str(tmp_path / 'typo')!r}, '--output', {str(tmp_path / 'out')!r}]); "
+            "print('rc', rc, 'ray', ray.is_initialized())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["rc", "2", "ray", "False"], done.stdout + done.stderr[-2000:]
+    assert "no such file, folder or prefix" in done.stderr
+
+
 def test_set_unknown_key_exits_2_naming_it(capsys):
     assert main(["detect", "--input", "x", "--output", "y", "--set", "inference.max_actor=16"]) == 2
     err = capsys.readouterr().err
@@ -106,15 +120,16 @@ def test_run_failed_exits_1(monkeypatch, tmp_path, capsys):
 # catching those bases instead of DetbatchError would hide bugs behind a one-line "error".
 @pytest.mark.parametrize("error", [KeyError, ValueError, FileNotFoundError])
 def test_a_bug_in_detect_propagates(monkeypatch, tmp_path, capsys, error):
-    import detbatch.detect.driver
+    import detbatch.detect.plan
 
     def broken(*args, **kwargs):
         raise error("not a user error")
 
-    # A library function run_detect calls, before Ray starts.
-    monkeypatch.setattr(detbatch.detect.driver, "list_input", broken)
+    # A library function run_detect calls, before Ray starts (a file is listed without Ray).
+    monkeypatch.setattr(detbatch.detect.plan, "list_input", broken)
+    (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(error, match="not a user error"):
-        main(["detect", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
+        main(["detect", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out")])
     assert "error:" not in capsys.readouterr().err
 
 

@@ -177,3 +177,34 @@ def test_describe_error_for_a_local_path_does_not_mention_aws(tmp_path):
 def test_unknown_protocol_is_named():
     with pytest.raises(StorageError, match=r"^nosuchproto://x: no filesystem for protocol 'nosuchproto'"):
         storage.filesystem("nosuchproto://x")
+
+
+# --- retry backoff ------------------------------------------------------------------------------------
+
+
+def test_max_backoff_caps_the_waits_between_attempts(monkeypatch):
+    """DETBATCH_STORAGE_MAX_BACKOFF_S caps retrying's doubling waits; a bad value names itself and the fix."""
+    import errno as errno_
+
+    waits: list[float] = []
+    monkeypatch.setattr(storage.time, "sleep", waits.append)
+    monkeypatch.setattr(storage.random, "random", lambda: 0.5)  # the jitter's middle: waits are the delays
+
+    def flaky():
+        raise ConnectionResetError(errno_.ECONNRESET, "reset")
+
+    for env, longest in ((None, storage.RETRY_MAX_DELAY_S), ("1.5", 1.5)):
+        if env is None:
+            monkeypatch.delenv(storage.MAX_BACKOFF_ENV, raising=False)
+        else:
+            monkeypatch.setenv(storage.MAX_BACKOFF_ENV, env)
+        waits.clear()
+        with pytest.raises(storage.TransientStorageError, match="still failing after"):
+            storage.retrying(flaky, "test call")
+        expected = [min(longest, storage.RETRY_FIRST_DELAY_S * 2**i) for i in range(storage.RETRY_ATTEMPTS - 1)]
+        assert waits == pytest.approx(expected)
+    monkeypatch.setenv(storage.MAX_BACKOFF_ENV, "soon")
+    from detbatch.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"DETBATCH_STORAGE_MAX_BACKOFF_S='soon': give seconds"):
+        storage.retrying(flaky, "test call")

@@ -109,6 +109,12 @@ DEFERRED_JPEG_MODES = frozenset({"RGB", "L"})
 _JPEG_EOI = b"\xff\xd9"
 
 
+class TooLarge(str):
+    """A reason of :func:`decode_image` that says the image is over a size cap (``input.max_pixels``, or
+    Pillow's own), not that it is broken: a ``str`` like the others, which a caller may tell apart
+    (``detbatch serve`` answers it 413, not 400)."""
+
+
 def decode_image(data: bytes | None, max_pixels: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """``(H×W×3 uint8 array, None)`` or ``(None, reason)``; the first frame of an animation.
 
@@ -136,7 +142,8 @@ def decode_or_keep_jpeg(
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                return None, f"image of {width}x{height} = {width * height} pixels exceeds input.max_pixels={max_pixels}"
+                return None, TooLarge(f"image of {width}x{height} = {width * height} pixels exceeds "
+                                      f"input.max_pixels={max_pixels}")
             if keep_jpeg and img.format == "JPEG" and img.mode in DEFERRED_JPEG_MODES and data.endswith(_JPEG_EOI):
                 return (width, height), None
             img.load()  # decode now: a truncated file fails here, not later in the detector
@@ -147,7 +154,7 @@ def decode_or_keep_jpeg(
     except UnidentifiedImageError:
         return None, "not an image (unrecognised format)"
     except Image.DecompressionBombError as e:
-        return None, f"image too large: {e}"
+        return None, TooLarge(f"image too large: {e}")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return None, f"corrupt image: {e}"
     except Exception as e:  # a crafted file makes some plugins raise anything (struct.error, IndexError):

@@ -119,6 +119,7 @@ class Detector:
         self.device = select_device(device)
         loaded = build_detector(model, weights, score_threshold, detections_per_image)
         self.model = loaded.model.to(self.device)
+        self.loaded = loaded  # what was loaded (name, weights, categories), for those that describe it (serve)
         self.fp16 = fp16 and self.device == "cuda"
         self.batch_size = batch_size
         self.output = output

@@ -24,14 +24,14 @@ import pyarrow as pa
 from detbatch import __version__, storage
 from detbatch.detect import plan as plan_module
 from detbatch.detect import read, sink
-from detbatch.detect.units import InputListing, ListingSummary, list_input, load_manifest, unit_rows
+from detbatch.detect.units import InputListing, ListingSummary, load_manifest, unit_rows
 from detbatch.config import ConfigError
 from detbatch.detect.config import DetectConfig, InputConfig
 from detbatch.detect.lease import Lease, LeaseLost
 from detbatch.detect.output import RUN_FILE, OpenedOutput, open_output
 from detbatch.detect.resources import Pool, actor_resources, placement_problem, resolve_pool
 from detbatch.detect.thresholds import ScoreThresholds, parse_score_threshold
-from detbatch.errors import InputError, RunFailed
+from detbatch.errors import RunFailed
 from detbatch.models import check_weights
 from detbatch.detect.decode import decode_batch
 from detbatch.detect.detector import Detector
@@ -185,7 +185,7 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     check_weights(config.model.name, config.model.weights)
     parse_score_threshold(config.model.score_threshold)  # a bad thresholds file is named before anything starts
     started = time.perf_counter()
-    listing, plan, summary = _listing_or_plan(config)
+    listing, plan, summary = plan_module.listing_or_plan(config)
     manifest = load_manifest(config.input.manifest) if config.input.manifest else None
     opened = open_output(config, summary)
     try:
@@ -208,34 +208,6 @@ def run_detect(config: DetectConfig) -> DetectSummary:
         return _run(config, plan, summary, manifest, opened, started)
     finally:
         opened.lease.release()
-
-
-def _listing_or_plan(config: DetectConfig) -> tuple[InputListing | None, "pa.Table | None", ListingSummary]:
-    """``(listing, None, its summary)`` for a new output (or with ``--overwrite``); ``(None, plan, its
-    summary)`` for a rerun over an output with a persisted plan, without listing the input; with
-    ``--verify-input`` the input is listed too and a change from the plan's listing is refused."""
-    from detbatch.runtime import init_ray
-
-    inp, out = config.input, config.output
-    stored = None if out.overwrite else plan_module.read_plan(out.uri)
-    if stored is not None and not inp.verify:
-        logger.info("%s: resuming from its plan (%d units); the input is not listed (--verify-input lists "
-                    "it and compares)", out.uri, stored[0].num_rows)
-        return None, *stored
-    if inp.parallel_listing:
-        init_ray(config.ray.address)  # list sub-prefixes in tasks (detbatch.detect.listing)
-    listing = list_input(inp.uri, inp.format, parallel=None if inp.parallel_listing else False)
-    if listing.kind == "index" and inp.manifest:
-        raise ConfigError(f"--manifest {inp.manifest} cannot be used with an index input ({inp.uri}); give "
-                          f"the images their ids in the index's image_id column (docs/data.md)")
-    if stored is not None:
-        changes = plan_module.input_changes(plan_module.read_listing(out.uri), listing)
-        if changes or stored[1].digest != listing.digest:
-            raise InputError(f"--verify-input: {inp.uri} changed since {out.uri} was planned: {changes}; use "
-                             f"another --output, or --overwrite to start over")
-        logger.info("--verify-input: %s lists the same %d files as the plan", inp.uri, listing.num_inputs)
-        return None, *stored
-    return listing, None, listing.summary()
 
 
 def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifest: dict[str, int] | None,

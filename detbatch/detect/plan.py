@@ -17,17 +17,25 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from detbatch import storage
+from detbatch.config import ConfigError
 from detbatch.detect.read import listed_size
 from detbatch.detect.output import LISTING_FILE, PLAN_FILE
-from detbatch.detect.units import InputListing, ListingSummary
+from detbatch.detect.units import InputListing, ListingSummary, list_input
+from detbatch.errors import InputError
+
+if TYPE_CHECKING:
+    from detbatch.detect.config import DetectConfig
+
+logger = logging.getLogger(__name__)
 
 # Version of the plan's layout (in its metadata); a plan of another version is ignored and rewritten.
 PLAN_FORMAT = 1
@@ -117,3 +125,43 @@ def input_changes(then: dict[str, str], now: InputListing, shown: int = 3) -> st
             more = f", ... {len(uris) - shown} more" if len(uris) > shown else ""
             parts.append(f"{len(uris)} {what} ({', '.join(uris[:shown])}{more})")
     return "; ".join(parts)
+
+
+def listing_or_plan(config: "DetectConfig") -> tuple[InputListing | None, pa.Table | None, ListingSummary]:
+    """``(listing, None, its summary)`` for a new output (or with ``--overwrite``); ``(None, plan, its
+    summary)`` for a rerun over an output with a persisted plan, without listing the input; with
+    ``--verify-input`` the input is listed too and a change from the plan's listing is refused."""
+    from detbatch.runtime import init_ray
+
+    inp, out = config.input, config.output
+    stored = None if out.overwrite else read_plan(out.uri)
+    if stored is not None and not inp.verify:
+        logger.info("%s: resuming from its plan (%d units); the input is not listed (--verify-input lists "
+                    "it and compares)", out.uri, stored[0].num_rows)
+        return None, *stored
+    if inp.parallel_listing and _is_folder(inp.uri):
+        init_ray(config.ray.address)  # list sub-prefixes in tasks (detbatch.detect.listing)
+    listing = list_input(inp.uri, inp.format, parallel=None if inp.parallel_listing else False)
+    if listing.kind == "index" and inp.manifest:
+        raise ConfigError(f"--manifest {inp.manifest} cannot be used with an index input ({inp.uri}); give "
+                          f"the images their ids in the index's image_id column (docs/data.md)")
+    if stored is not None:
+        changes = input_changes(read_listing(out.uri), listing)
+        if changes or stored[1].digest != listing.digest:
+            raise InputError(f"--verify-input: {inp.uri} changed since {out.uri} was planned: {changes}; use "
+                             f"another --output, or --overwrite to start over")
+        logger.info("--verify-input: %s lists the same %d files as the plan", inp.uri, listing.num_inputs)
+        return None, *stored
+    return listing, None, listing.summary()
+
+
+def _is_folder(uri: str) -> bool:
+    """Whether ``uri`` is a folder or prefix, what a parallel listing splits: not a file, a glob, or nothing
+    (which :func:`list_input` then names, before Ray is started for it)."""
+    fs, path = storage.resolve(uri)
+    if any(c in path for c in "*?["):
+        return False
+    try:
+        return storage.retrying(lambda: fs.info(path), f"{uri}: look").get("type") == "directory"
+    except Exception:  # not found, or unreachable: list_input's error says which
+        return False

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from detbatch.evaluate.config import EvaluateConfig
-from detbatch.metrics import coco, coco_reduce, thresholds, voc
+from detbatch.metrics import coco, coco_reduce, thresholds, tide, voc
 from detbatch.metrics.coco import Detections, GroundTruth, MatchRecords, evaluated_detections
 from detbatch.metrics.confusion import confusion_matrix
 from detbatch.metrics.slices import Slices, accumulate_slices, slice_stats
@@ -37,6 +37,28 @@ def _confusion(config: EvaluateConfig) -> Callable[[GroundTruth, Detections, Any
     return confusion
 
 
+def _with_errors(metric: Metric) -> Metric:
+    """``metric`` (COCO) with the TIDE error breakdown in the same map and reduce: the match step codes each
+    false positive (and adds transfer records, inert for the other reduces), each category's reduce sweeps
+    its records once more (docs/evaluate.md, "Error breakdown")."""
+    inner_accumulate, inner_combine = metric.accumulate, metric.combine
+
+    def match(gt: GroundTruth, dt: Detections) -> MatchRecords:
+        return tide.error_records(gt, coco.matching(gt, dt))
+
+    def accumulate(records: MatchRecords, counts: np.ndarray) -> tuple[Any, ...]:
+        return (*inner_accumulate(records, counts), tide.category_errors(records, counts))
+
+    def combine(category_ids: np.ndarray, gt_counts: np.ndarray, parts: dict[int, tuple[Any, ...]]) -> Any:
+        # The last entry of a part counts its records: the transfers into a category are none of its detections.
+        result = inner_combine(category_ids, gt_counts, {c: (*v[:-2], v[-1] - v[-2].transfers) for c, v in parts.items()})
+        per = [parts[int(c)][-2] if int(c) in parts else tide.category_errors(MatchRecords.empty(), gt_counts[k])
+               for k, c in enumerate(category_ids)]  # fmt: skip
+        return replace(result, errors=tide.ErrorBreakdown(np.asarray(category_ids, dtype=np.int64), per))
+
+    return replace(metric, match=match, accumulate=accumulate, combine=combine)
+
+
 def _with_slices(metric: Metric, slices: Slices) -> Metric:
     """``metric`` with AP/AP50/AR100 per slice in the same reduce: the slices' ground-truth counts ride
     along each category's count row, their accumulations along its parts (docs/evaluate.md, "Slices")."""
@@ -57,8 +79,8 @@ def _with_slices(metric: Metric, slices: Slices) -> Metric:
 def metric_for(config: EvaluateConfig, slices: Slices | None = None) -> Metric:
     """The metric of ``config``; with ``slices`` (COCO only), also the slices' stats."""
     coco_metric = (
-        Metric(coco.match_images, coco.count_ground_truth, thresholds.accumulate_with_thresholds,
-               thresholds.combine_with_thresholds, _confusion(config))
+        _with_errors(Metric(coco.match_images, coco.count_ground_truth, thresholds.accumulate_with_thresholds,
+                            thresholds.combine_with_thresholds, _confusion(config)))
         if config.diagnostics
         else Metric(coco.match_images, coco.count_ground_truth, coco_reduce.accumulate_category, coco_reduce.combine)
     )  # fmt: skip

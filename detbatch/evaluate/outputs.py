@@ -1,5 +1,5 @@
 """What an evaluation writes under ``out``: ``metrics.json``, ``report.md``, ``pr_curves.png``, and with the
-diagnostics ``thresholds.json`` (docs/evaluate.md)."""
+diagnostics ``thresholds.json``, ``thresholds.png``, ``confusion.png``, ``errors.png`` (docs/evaluate.md)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 from detbatch import storage
 from detbatch.evaluate.config import EvaluateConfig
 from detbatch.metrics import coco
-from detbatch.metrics.report import confusion_png, pr_curves_png, report_markdown, thresholds_png
+from detbatch.metrics.report import confusion_png, errors_png, pr_curves_png, report_markdown, thresholds_png
 from detbatch.metrics.thresholds import confusion_score_thresholds, score_thresholds, thresholds_dict
+from detbatch.metrics.tide import errors_dict
 
 
 def category_names(names: dict[int, str]) -> dict[int, str]:
@@ -34,7 +35,8 @@ def metrics_dict(config: EvaluateConfig, result: Any, names: dict[int, str]) -> 
 
 
 def diagnostics_dict(config: EvaluateConfig, result: Any, names: dict[int, str]) -> dict[str, Any]:
-    """metrics.json ``thresholds`` and ``confusion`` (docs/evaluate.md, "Diagnostics"); none without them."""
+    """metrics.json ``thresholds``, ``confusion`` and ``errors`` (docs/evaluate.md, "Diagnostics"), and
+    ``slices``; none without them."""
     out: dict[str, Any] = {}
     if getattr(result, "thresholds", None) is not None:
         th = thresholds_dict(result.category_ids, result.thresholds)
@@ -50,6 +52,8 @@ def diagnostics_dict(config: EvaluateConfig, result: Any, names: dict[int, str])
             "category_ids": [int(k) for k in result.category_ids],
             "matrix": result.confusion.tolist(),
         }
+    if getattr(result, "errors", None) is not None:
+        out["errors"] = errors_dict(result.errors, names)
     if getattr(result, "slices", None) is not None:
         out["slices"] = result.slices
     return out
@@ -89,3 +93,5 @@ def write_outputs(config: EvaluateConfig, metrics: dict[str, Any], result: Any, 
         storage.write_bytes(storage.join(config.out, "thresholds.png"), thresholds_png(metrics["thresholds"]))
     if "confusion" in metrics:
         storage.write_bytes(storage.join(config.out, "confusion.png"), confusion_png(metrics["confusion"]))
+    if "errors" in metrics:
+        storage.write_bytes(storage.join(config.out, "errors.png"), errors_png(metrics["errors"]))

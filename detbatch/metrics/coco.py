@@ -64,7 +64,9 @@ __all__ = [
     "MatchRecords",
     "count_ground_truth",
     "evaluated_detections",
+    "Matching",
     "match_images",
+    "matching",
     "pack_bits",
 ]
 
@@ -142,11 +144,30 @@ class _Decisions:
         matched: bool [D, A, T], the detection took (or, for a crowd, shared) a ground truth at IoU
             threshold ``t`` in area range ``a``.
         to_ignored: bool [D, A, T], the ground truth it took is ignored there.
+        taken_at_50: int64 [D], the annotation (row of the :class:`GroundTruth`) it took at IoU 0.5 in
+            area range ``all``, -1 for none.
     """
 
     det: np.ndarray
     matched: np.ndarray
     to_ignored: np.ndarray
+    taken_at_50: np.ndarray
+
+
+@dataclass(frozen=True)
+class Matching:
+    """What :func:`matching` gives: the records, and what the TIDE map (:mod:`detbatch.metrics.tide`) reads.
+
+    Attributes:
+        records: :class:`MatchRecords` [N].
+        dt: :class:`Detections` [N], the detection of each record, row for row.
+        taken_at_50: int64 [N], the annotation (row of the :class:`GroundTruth`) each detection took at
+            IoU 0.5 in area range ``all`` (a crowd too), -1 for none: the match behind ``tp`` bit 0.
+    """
+
+    records: MatchRecords
+    dt: Detections
+    taken_at_50: np.ndarray
 
 
 def match_images(gt: GroundTruth, dt: Detections) -> MatchRecords:
@@ -155,10 +176,15 @@ def match_images(gt: GroundTruth, dt: Detections) -> MatchRecords:
     Any set of whole images can be passed (one, a batch, a shard of the dataset); ``gt`` may hold more
     images than ``dt``. Detections of images or categories not in ``gt`` are dropped.
     """
+    return matching(gt, dt).records
+
+
+def matching(gt: GroundTruth, dt: Detections) -> Matching:
+    """:func:`match_images`, with the detections of the records and the annotation each took at IoU 0.5."""
     dt, _ = evaluated_detections(gt, dt)
     n = len(dt)
     if n == 0:
-        return MatchRecords.empty()
+        return Matching(MatchRecords.empty(), dt, np.zeros(0, dtype=np.int64))
     pairs = pair_detections(gt, dt)
     xywh = xyxy_to_xywh(pairs.dt.boxes)
     det_area = xywh[:, 2] * xywh[:, 3]
@@ -174,18 +200,20 @@ def match_images(gt: GroundTruth, dt: Detections) -> MatchRecords:
 
     matched = np.zeros((n, NUM_AREAS, NUM_THRESHOLDS), dtype=bool)
     to_ignored = np.zeros_like(matched)
+    taken_at_50 = np.full(n, -1, dtype=np.int64)
     if relevant.any():
         gt_outside = (gt.area[:, None] < AREA_RANGES[:, 0]) | (gt.area[:, None] > AREA_RANGES[:, 1])
         candidates = _Candidates(pairs, edges.start, iou, gt.iscrowd, gt.iscrowd[:, None] | gt_outside)
         for decided in _match_relevant(candidates, _Walk.of(np.flatnonzero(relevant), pairs.pair)):
             matched[decided.det] = decided.matched
             to_ignored[decided.det] = decided.to_ignored
+            taken_at_50[decided.det] = decided.taken_at_50
 
     ignored = to_ignored | (~matched & det_outside[:, :, None])
     tp = matched & ~to_ignored
     tp[~within] = False
     ignored[~within] = False
-    return pairs.records(tp=pack_bits(tp), ignored=pack_bits(ignored))
+    return Matching(pairs.records(tp=pack_bits(tp), ignored=pack_bits(ignored)), pairs.dt, taken_at_50)
 
 
 def _match_relevant(candidates: _Candidates, walk: _Walk) -> Iterator[_Decisions]:
@@ -224,6 +252,7 @@ def _match_single(candidates: _Candidates, walk: _Walk) -> _Decisions:
         det=walk.det,
         matched=np.broadcast_to(hit[:, None, :], (len(walk.det), NUM_AREAS, NUM_THRESHOLDS)),
         to_ignored=hit[:, None, :] & candidates.gt_ignore[g][:, :, None],
+        taken_at_50=np.where(hit[:, 0], g, -1),
     )
 
 
@@ -247,11 +276,14 @@ def _match_chunk(g_pad: int, candidates: _Candidates, walk: _Walk) -> _Decisions
     crowd[g_pair, g_slot] = candidates.gt_crowd[g_index]
     ignore = np.zeros((p, NUM_AREAS, g_pad), dtype=bool)
     ignore[g_pair, :, g_slot] = candidates.gt_ignore[g_index]
+    annotation = np.full((p, g_pad), -1, dtype=np.int64)  # the row of the GroundTruth in each slot
+    annotation[g_pair, g_slot] = g_index
 
     thresholds = MATCH_THRESHOLDS[None, None, :, None]
     taken = np.zeros((p, NUM_AREAS, NUM_THRESHOLDS, g_pad), dtype=bool)
     out_matched = np.zeros((p, NUM_AREAS, NUM_THRESHOLDS, d_max), dtype=bool)
     out_ignored = np.zeros_like(out_matched)
+    out_taken = np.full((p, d_max), -1, dtype=np.int64)
     for j in range(d_max):
         a = int(np.count_nonzero(walk.count > j))  # pairs are sorted by count, descending
         row = ious[:a, j, None, None, :]  # [a, 1, 1, G]
@@ -269,10 +301,12 @@ def _match_chunk(g_pad: int, candidates: _Candidates, walk: _Walk) -> _Decisions
         taken[pi, ai, ti, choice[pi, ai, ti]] = True
         out_matched[:a, :, :, j] = hit
         out_ignored[:a, :, :, j] = ~has_regular & has_fallback
+        out_taken[:a, j] = np.where(hit[:, 0, 0], annotation[np.arange(a), choice[:, 0, 0]], -1)
     return _Decisions(
         det=walk.det,
         matched=out_matched[local_pair, :, :, local_rank],
         to_ignored=out_ignored[local_pair, :, :, local_rank],
+        taken_at_50=out_taken[local_pair, local_rank],
     )
 
 

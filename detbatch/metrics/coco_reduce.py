@@ -132,6 +132,7 @@ class CocoResult:
             over every image, when computed (else None).
         slices: slice name -> ``AP``, ``AP50``, ``AR100``, ``images``
             (:func:`~detbatch.metrics.slices.slice_stats`), when slices were asked for (else None).
+        errors: the TIDE :class:`~detbatch.metrics.tide.ErrorBreakdown`, when computed (else None).
     """
 
     precision: np.ndarray
@@ -143,6 +144,7 @@ class CocoResult:
     thresholds: list[Any] | None = None
     confusion: np.ndarray | None = None
     slices: dict[str, dict[str, Any]] | None = None
+    errors: Any | None = None
 
     def stats_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in zip(STAT_KEYS, self.stats)}

@@ -1,5 +1,5 @@
 """Human-readable views of an evaluation's metrics dict: pycocotools' summary lines, report.md, PR curves,
-and with the diagnostics the confusion heatmap and the P/R/F1-by-threshold curves."""
+and with the diagnostics the confusion heatmap, the P/R/F1-by-threshold curves and the TIDE error bars."""
 
 from __future__ import annotations
 
@@ -83,6 +83,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         out += ["", *_threshold_table(metrics["thresholds"])]
     if "confusion" in metrics:
         out += ["", *_confusion_table(metrics["confusion"])]
+    if "errors" in metrics:
+        out += ["", *_errors_table(metrics["errors"])]
     if "slices" in metrics:
         out += ["", "## Slices", "", "Each as pycocotools on the slice's images alone.", "",
                 "| slice | images | AP | AP50 | AR100 |", "|---|---|---|---|---|"]
@@ -131,6 +133,56 @@ def _confusion_table(confusion: dict[str, Any]) -> list[str]:
     return out
 
 
+# tidecv's short names of the error types, beside detbatch's
+_ERROR_LABELS = {
+    "classification": "Cls", "localisation": "Loc", "both": "Both", "duplicate": "Dupe", "background": "Bkg",
+    "missed": "Miss", "false_positives": "FalsePos", "false_negatives": "FalseNeg",
+}  # fmt: skip
+
+
+def _errors_table(errors: dict[str, Any]) -> list[str]:
+    """The TIDE breakdown: per error type its count and dAP, then per category (worst AP50 first)."""
+    types = list(errors["dAP"])
+    main = list(errors["counts"])
+    out = [
+        "## Error breakdown (TIDE)",
+        "",
+        f"AP50 {errors['AP50']:.3f}; dAP: the AP50 gained if that error type were fixed (IoU {errors['iou']}, "
+        f"background below IoU {errors['background_iou']}; docs/evaluate.md).",
+        "",
+        "| error | " + " | ".join(f"{e} ({_ERROR_LABELS.get(e, e)})" for e in types) + " |",
+        "|---" * (len(types) + 1) + "|",
+        "| count | " + " | ".join(str(errors["counts"][e]) if e in main else "—" for e in types) + " |",
+        "| dAP | " + " | ".join(f"{errors['dAP'][e]:.4f}" for e in types) + " |",
+        "",
+        "| category | id | AP50 | " + " | ".join(f"dAP {_ERROR_LABELS.get(e, e)}" for e in types) + " |",
+        "|---" * (len(types) + 3) + "|",
+    ]
+    rows = [(n, r) for n, r in errors["per_category"].items() if r["AP50"] is not None]
+    for name, row in sorted(rows, key=lambda kv: (kv[1]["AP50"], kv[0])):
+        cells = ["—" if row["dAP"][e] is None else f"{row['dAP'][e]:.3f}" for e in types]
+        out.append(f"| {name} | {row['category_id']} | {row['AP50']:.3f} | " + " | ".join(cells) + " |")
+    return out
+
+
+def errors_png(errors: dict[str, Any]) -> bytes:
+    """Bars of metrics.json ``errors``: the dAP of the six error types, and of false positives and negatives."""
+    fig, (main, special) = _figure(10, 3.8, 2)
+    for ax, names, colour, title in (
+        (main, list(errors["counts"]), "tab:red", "main errors"),
+        (special, [e for e in errors["dAP"] if e not in errors["counts"]], "tab:blue", "false positives / negatives"),
+    ):
+        values = [100 * errors["dAP"][e] for e in names]
+        bars = ax.barh(range(len(names)), values, color=colour)
+        ax.set_yticks(range(len(names)), [_ERROR_LABELS.get(e, e) for e in names])
+        ax.invert_yaxis()
+        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+        ax.set(title=f"{title}, dAP (AP50 points)", xlim=(0, max([*values, 1.0]) * 1.2))
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"TIDE error breakdown, AP50 = {100 * errors['AP50']:.2f}")
+    return _png(fig, {"left": 0.09, "right": 0.98, "bottom": 0.08, "top": 0.82, "wspace": 0.25})
+
+
 def _figure(width: float, height: float, panels: int = 1) -> tuple[Any, Any]:
     # The object API with the Agg canvas: no pyplot state, no global backend switch.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -141,8 +193,13 @@ def _figure(width: float, height: float, panels: int = 1) -> tuple[Any, Any]:
     return fig, fig.subplots(1, panels, squeeze=False)[0]
 
 
-def _png(fig: Any) -> bytes:
-    fig.tight_layout()
+def _png(fig: Any, margins: dict[str, float] | None = None) -> bytes:
+    """The figure as PNG bytes; laid out with ``tight_layout``, or, given ``margins`` (``subplots_adjust``'s
+    keywords), with those: tight_layout draws every text once more to measure it, a third of a figure's time."""
+    if margins is None:
+        fig.tight_layout()
+    else:
+        fig.subplots_adjust(**margins)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
@@ -150,6 +207,8 @@ def _png(fig: Any) -> bytes:
 
 def confusion_png(confusion: dict[str, Any]) -> bytes:
     """A heatmap of metrics.json ``confusion``, each row normalised to its total (counts written in)."""
+    from matplotlib.transforms import blended_transform_factory
+
     matrix = np.asarray(confusion["matrix"], dtype=np.float64)
     labels = confusion["labels"]
     n = len(labels)
@@ -163,11 +222,21 @@ def confusion_png(confusion: dict[str, Any]) -> bytes:
         for (i, j), v in np.ndenumerate(matrix):
             if v:
                 ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=7 if n <= 30 else 4)
-    ax.set_yticks(range(n), labels, fontsize=7 if n <= 30 else 4)
-    ax.set(xlabel="predicted (background: missed)", ylabel="ground truth (background: false detection)",
-           title=f"confusion matrix, IoU >= {confusion['iou']}")
-    return _png(fig)
+    # The class names as plain texts beside the cells, not as ticks: 2 x 81 ticks were half of drawing an
+    # 81-class matrix (each tick is a prototype copy of two lines and a text).
+    ax.set_xticks([])
+    ax.set_yticks([])
+    size = 7 if n <= 30 else 4
+    below, left = blended_transform_factory(ax.transData, ax.transAxes), blended_transform_factory(ax.transAxes, ax.transData)
+    for i, label in enumerate(labels):
+        ax.text(i, -0.005, label, transform=below, rotation=90, ha="center", va="top", fontsize=size)
+        ax.text(-0.005, i, label, transform=left, ha="right", va="center", fontsize=size)
+    ax.set_title(f"confusion matrix, IoU >= {confusion['iou']}")
+    longest = max((len(str(label)) for label in labels), default=1)
+    margin = min(0.35, 0.03 + longest * size / 72 * 0.6 / side)  # the names' length in inches, as a share
+    fig.text(0.5, 0.01, "predicted (background: missed)", ha="center", va="bottom")
+    fig.text(0.01, 0.5, "ground truth (background: false detection)", rotation=90, ha="left", va="center")
+    return _png(fig, {"left": margin + 0.03, "bottom": margin + 0.03, "right": 1 - 0.9 / side, "top": 1 - 0.4 / side})
 
 
 def thresholds_png(thresholds: dict[str, Any]) -> bytes:
@@ -185,7 +254,7 @@ def thresholds_png(thresholds: dict[str, Any]) -> bytes:
         ax.set(title=f"all categories, IoU={iou}", xlabel="score threshold", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _png(fig)
+    return _png(fig, {"left": 0.06, "right": 0.98, "bottom": 0.11, "top": 0.92, "wspace": 0.15})
 
 
 def pr_curves_png(panels: list[tuple[str, dict[str, np.ndarray]]]) -> bytes:

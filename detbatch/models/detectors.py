@@ -64,9 +64,13 @@ def build_detector(
         )
         model.load_state_dict(ckpt["state_dict"])
     elif spec.kind == "none":
-        if not MODELS[name].torchvision:
+        entry = MODELS[name]
+        if entry.categories is not None:  # a model that needs no weights (null)
+            categories = Categories.from_names(list(entry.categories))
+        elif not entry.torchvision:
             raise ConfigError(f"{name} has no pretrained categories; give --weights a checkpoint URI")
-        categories = default_categories(name)
+        else:
+            categories = default_categories(name)
         model = build_model(name, categories.num_classes, None, None, score_threshold, detections_per_image)
     else:
         categories = Categories.from_names(list(spec.member.meta["categories"]))

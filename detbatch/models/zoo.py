@@ -1,7 +1,8 @@
 """The detectors detbatch can build, by name: ``MODELS`` and ``build_model``.
 
-torchvision's detectors and detbatch's own small ``tiny_fcos`` sit in the same table; only torchvision's have
-pretrained weights (``ModelEntry.torchvision``).
+torchvision's detectors, detbatch's own small ``tiny_fcos`` and the benchmark-only ``null`` (finds nothing:
+what the pipeline costs without a model, :mod:`detbatch.models.null`) sit in the same table; only
+torchvision's have pretrained weights (``ModelEntry.torchvision``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class ModelEntry:
     module: str
     score_keyword: str
     per_image_keyword: str
+    categories: tuple[str, ...] | None = None
+    """Label names of a model that runs with ``weights: none`` and has no torchvision weights to name them
+    (``null``); None: the weights' (torchvision) or the checkpoint's."""
 
     @property
     def torchvision(self) -> bool:
@@ -52,6 +56,8 @@ MODELS: dict[str, ModelEntry] = {
     "ssd300_vgg16": _ONE_STAGE,
     "ssdlite320_mobilenet_v3_large": _ONE_STAGE,
     "tiny_fcos": ModelEntry("detbatch.models.tiny", "score_threshold", "detections_per_image"),
+    "null": ModelEntry("detbatch.models.null", "score_threshold", "detections_per_image",
+                       categories=("__background__", "object")),
 }
 
 

@@ -31,7 +31,7 @@ THUMBS = "thumbs"
 # Files of an evaluation folder shown as they are, when present (the evaluate issue's diagnostics).
 DIAGNOSTICS = ("report.md", "thresholds.json", "diagnostics.json", "confusion.json", "error_types.json", "slices.json")
 # Pictures of an evaluation folder, copied beside the page: PR curves, and issue 15's diagnostics.
-PICTURES = ("pr_curves.png", "thresholds.png", "confusion.png")
+PICTURES = ("pr_curves.png", "thresholds.png", "confusion.png", "errors.png")  # as `detbatch evaluate` writes them
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,15 @@ def write_report(
     ground_truth: str | None = None,
     evaluation: str | None = None,
     samples: int = DEFAULT_SAMPLES,
+    annotations_format: str = "auto",
+    images: str | None = None,
+    names: str | None = None,
 ) -> ReportResult:
     """Write the report of the detect output ``detections`` to ``out`` (``index.html``, ``thumbs/``,
     the evaluation's pictures with ``evaluation``). ``ground_truth``: labels (:func:`detbatch.datasets.labels.load_annotations`)
-    for TP / FP / FN and the worst images; ``evaluation``: a ``detbatch evaluate --out`` folder."""
+    for TP / FP / FN and the worst images, read as ``annotations_format`` (VOC and YOLO: with their
+    ``images`` folder and class ``names`` list, default found beside the labels); ``evaluation``: a
+    ``detbatch evaluate --out`` folder."""
     if samples < 1:
         raise InputError(f"samples={samples}: the gallery needs at least 1 image (--samples, default {DEFAULT_SAMPLES})")
     started = time.perf_counter()
@@ -63,7 +68,8 @@ def write_report(
     if ground_truth:
         from detbatch.datasets.labels import load_annotations
 
-        truth = load_truth(run, load_annotations(ground_truth).coco)
+        labels = load_annotations(ground_truth, annotations_format, images=images, names=names)
+        truth = load_truth(run, labels.coco)
         for r, _ in truth.worst_missed + truth.worst_false:
             chosen.setdefault(r, truth.parts[r])
     images, dets = read_images_of(run, chosen)

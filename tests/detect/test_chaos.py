@@ -24,12 +24,11 @@ from tests.helpers.exactly_once import Reference, assert_same_as_clean, check_in
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
-# Three image sizes, so that calls mix shapes as a real input does; a few hundred images, so that a run
-# lasts long enough for several faults on two CPU actors.
-SIZES_AND_COUNTS = ((64, 80), (96, 80), (128, 80))
+# Three image sizes, so that calls mix shapes as a real input does; enough images for 30 calls.
+SIZES_AND_COUNTS = ((64, 40), (96, 40), (128, 40))
 NUM_IMAGES = sum(n for _, n in SIZES_AND_COUNTS)
 # Small calls: many commits (30 parts), so that faults land between and inside them.
-ROWS_PER_FILE = 8
+ROWS_PER_FILE = 4
 NUM_PARTS = -(-NUM_IMAGES // ROWS_PER_FILE)
 # A batch may be hit by more than one kill: retried, not failed (the default, 3, is for real crashes).
 CHAOS_RETRIES = 20

@@ -1,5 +1,5 @@
 """The diagnostics of ``detbatch evaluate`` (COCO): thresholds in metrics.json, thresholds.json, the
-confusion matrix, and the flags that set them."""
+confusion matrix, the TIDE error breakdown, and the flags that set them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from detbatch.cli import EVALUATE_FLAGS, build_parser, load_job_config
 from detbatch.errors import InputError
 from detbatch.evaluate import EvaluateConfig, run_evaluate
 from detbatch.metrics import GroundTruth
+from detbatch.metrics.coco import matching
 from detbatch.metrics.confusion import confusion_matrix
+from detbatch.metrics.tide import errors_dict, evaluate_errors
 
 from tests.evaluate.runs import setup_run
 from tests.helpers.oracle import pycocotools_eval
@@ -39,15 +41,22 @@ def test_metrics_json_and_thresholds_json_hold_the_diagnostics(tmp_path):
     assert confusion["matrix"] == expected.tolist()
     assert used == [saved["per_category"].get(str(int(k)), saved["default"]) for k in gt.category_ids]
 
-    for png in ("confusion.png", "thresholds.png"):
+    errors = metrics["errors"]  # the TIDE breakdown of the same records (tests/metrics/test_tide.py: its maths)
+    expected_errors = errors_dict(evaluate_errors(gt, matching(gt, dt)), names)
+    assert errors == json.loads(json.dumps(expected_errors))
+    assert errors["AP50"] == pytest.approx(metrics["AP50"], abs=1e-15) and sum(errors["counts"].values()) > 0
+
+    for png in ("confusion.png", "thresholds.png", "errors.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "## Score thresholds (F1-optimal)" in report and "## Confusion matrix" in report
     assert "| background | " + " | ".join(str(v) for v in confusion["matrix"][-1]) + " |" in report
+    assert "## Error breakdown (TIDE)" in report
+    assert "| dAP | " + " | ".join(f"{errors['dAP'][e]:.4f}" for e in errors["dAP"]) + " |" in report
 
     plain = run_evaluate(EvaluateConfig(detections=run, ground_truth=gt_uri, out=str(tmp_path / "plain"), diagnostics=False))
-    assert "thresholds" not in plain and "confusion" not in plain
-    assert not any((tmp_path / "plain" / f).exists() for f in ("thresholds.json", "confusion.png", "thresholds.png"))
+    assert "thresholds" not in plain and "confusion" not in plain and "errors" not in plain
+    assert not any((tmp_path / "plain" / f).exists() for f in ("thresholds.json", "confusion.png", "thresholds.png", "errors.png"))
     assert "Confusion" not in (tmp_path / "plain" / "report.md").read_text()
     assert {k: plain[k] for k in ("AP", "AP50", "per_category")} == {k: metrics[k] for k in ("AP", "AP50", "per_category")}
 

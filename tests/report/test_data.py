@@ -160,3 +160,23 @@ def test_ground_truth_pairs_by_file_name_without_a_manifest(known, tmp_path):
 def _report_html(run, ground_truth, out) -> str:
     write_report(run, str(out), ground_truth=ground_truth, samples=6)
     return (out / "index.html").read_text()
+
+
+def test_the_evaluations_pictures_are_copied_and_shown(known, tmp_path):
+    """Each picture `detbatch evaluate` writes (curves, thresholds, confusion matrix, error types) is copied
+    beside the page and shown; nothing else of the evaluation folder is."""
+    import shutil
+
+    from detbatch.report.build import PICTURES
+    from tests.report.runs import _png
+
+    evaluation = tmp_path / "evaluation"
+    shutil.copytree(known.evaluation, evaluation)
+    for name in (*PICTURES, "other.png"):
+        _png(evaluation / name, 30, 20, 5)
+    write_report(known.output, str(tmp_path / "out"), evaluation=str(evaluation), samples=3)
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert set(PICTURES) >= {"pr_curves.png", "thresholds.png", "confusion.png", "errors.png"}
+    for name in PICTURES:
+        assert f'src="{name}"' in html and (tmp_path / "out" / name).read_bytes() == (evaluation / name).read_bytes()
+    assert "other.png" not in html and not (tmp_path / "out" / "other.png").exists()
