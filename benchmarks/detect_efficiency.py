@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/detect_efficiency.py [--actors 2|1] [--copies 2] [--repeat 3] [--memory-copies 1 10 [N ...]]
         [--skip-throughput] [--skip-memory]        (needs psutil: pip install -e ".[bench]")
+        [--device cpu|cuda] [--decode cpu [gpu]] [--images DIR] [--limit N] [--out FILE.json]
 
 Throughput: the same images (COCO128 × copies), the same model (random init), batch size and torch
 thread count, measured side by side in one run:
@@ -14,6 +15,13 @@ thread count, measured side by side in one run:
 It prints both images/s and their ratio, and the rate after the first committed file (the pool's
 steady state, without its start-up). The pair runs `--repeat` times, alternating, and the median
 ratio is printed: on a 2-core machine pairs ranged 0.95-1.14 on one morning.
+
+`--decode cpu gpu` runs the pair once per decode: `cpu` decodes with PIL (the bare loop in its own
+process, detbatch in its decode tasks), `gpu` with torchvision's batched decode_jpeg on `--device` (the
+bare loop a batch at a time, detbatch in its actors: `inference.decode: gpu`). On cuda, GPU busy is
+nvidia-smi's utilization.gpu (or torch.cuda.utilization where nvidia-smi is missing) every 200 ms, averaged
+over the detbatch run and from its first commit to its last. `--images DIR` replaces COCO128 (its `*.jpg`,
+the first `--limit` of them); `--out` writes every figure as JSON.
 
 Memory: detbatch on COCO128 × 1, × 10 (and any more `--memory-copies`); peak RSS, USS and private
 memory of the driver and of the largest Ray worker, sampled every 0.5 s, and each run's growth over
@@ -38,20 +46,20 @@ from pathlib import Path
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128" / "images"
 
 
-def make_input(root: Path, copies: int) -> Path:
-    """COCO128 × copies as symlinks (distinct uris, same bytes)."""
+def make_input(root: Path, copies: int, images: Path = COCO128, limit: int | None = None) -> Path:
+    """The first ``limit`` JPEGs of ``images`` (COCO128) × copies as symlinks (distinct uris, same bytes)."""
     folder = root / f"x{copies}"
     for c in range(copies):
         sub = folder / f"copy{c:02d}"
         sub.mkdir(parents=True, exist_ok=True)
-        for img in sorted(COCO128.glob("*.jpg")):
+        for img in sorted(images.glob("*.jpg"))[:limit]:
             link = sub / img.name
             if not link.exists():
-                link.symlink_to(img)
+                link.symlink_to(img.resolve())
     return folder
 
 
-def run_bare(folder: Path, model: str, batch_size: int, threads: int, device: str = "cpu") -> dict:
+def run_bare(folder: Path, model: str, batch_size: int, threads: int, device: str = "cpu", decode: str = "cpu") -> dict:
     imports_start = time.perf_counter()
     import numpy as np
     import torch
@@ -68,14 +76,23 @@ def run_bare(folder: Path, model: str, batch_size: int, threads: int, device: st
     # On a GPU, fp16 autocast as detbatch's actors use it (inference.fp16).
     autocast = torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else contextlib.nullcontext()
     results = []
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, (GpuBusySampler() if device == "cuda" else contextlib.nullcontext()) as gpu:
+        wall_start = time.time()
         for i in range(0, len(files), batch_size):
-            images = [np.asarray(Image.open(f).convert("RGB")) for f in files[i : i + batch_size]]
-            tensors = [torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images]
+            if decode == "gpu":  # one batched call of torchvision's decode_jpeg on the device (nvJPEG on cuda)
+                from torchvision.io import ImageReadMode, decode_jpeg
+
+                encoded = [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8)
+                           for f in files[i : i + batch_size]]
+                tensors = [t.float().div_(255) for t in decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)]
+            else:
+                images = [np.asarray(Image.open(f).convert("RGB")) for f in files[i : i + batch_size]]
+                tensors = [torch.from_numpy(im).to(device).permute(2, 0, 1).float().div_(255) for im in images]
             results += [{k: v.cpu().numpy() for k, v in o.items()} for o in detector(tensors)]
     wall = time.perf_counter() - start  # .cpu() above waited for the GPU
+    busy = {} if gpu is None else {"gpu_busy_percent": gpu.mean(wall_start, time.time())}
     return {"images": len(files), "seconds": wall, "images_per_second": len(files) / wall,
-            "import_seconds": imports, "images_per_second_with_imports": len(files) / (wall + imports)}
+            "import_seconds": imports, "images_per_second_with_imports": len(files) / (wall + imports), **busy}
 
 
 class PeakSampler:
@@ -136,7 +153,7 @@ class PeakSampler:
 
 
 def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: int, actors: int, rows_per_file: int,
-                 sample_memory: bool, device: str = "cpu") -> dict:
+                 sample_memory: bool, device: str = "cpu", decode: str = "cpu") -> dict:
     import pyarrow.parquet as pq
     import ray
 
@@ -154,11 +171,14 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
         "inference.min_actors": actors,
         "inference.max_actors": actors,
         "output.rows_per_file": rows_per_file,
+        "inference.decode": decode,
     }
     if device == "cuda":
         # One GPU per actor, fp16 autocast (the default), every other CPU of the machine decoding.
         init_ray("local")
-        settings = {"inference.device": "cuda", "inference.gpus_per_actor": 1, "inference.cpus_per_actor": 1,
+        # Two CPUs per actor, as configs/detect.yaml: with overlap_commit one call's Parquet commit runs beside
+        # the other's inference.
+        settings = {"inference.device": "cuda", "inference.gpus_per_actor": 1, "inference.cpus_per_actor": 2,
                     "inference.decode_cpus": 1}
     else:
         # 2 CPUs: the actors share what decoding leaves, with the bare loop's total of torch threads.
@@ -191,6 +211,9 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
     if gpu is not None:
         result["gpu_busy_percent"] = gpu.mean(wall_start, wall_start + wall)
         result["gpu_busy_percent_after_first_commit"] = gpu.mean(commits[0][0], commits[-1][0])
+        result["gpu_samples"] = len(gpu.samples)
+    run = json.loads((out / "run.json").read_text())
+    result["pool"] = run.get("pool")
     if sample_memory:
         result.update({
             "peak_driver_rss_mb": peaks.driver / 2**20,
@@ -208,15 +231,23 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
 
 class GpuBusySampler:
     """The first GPU's utilisation (nvidia-smi's ``utilization.gpu``: the share of time a kernel ran) every
-    200 ms, stamped with wall time, so that a window of the run can be averaged."""
+    200 ms, stamped with wall time, so that a window of the run can be averaged. Without nvidia-smi, the same
+    counter through NVML (``torch.cuda.utilization``, which needs nvidia-ml-py), from a thread."""
 
     def __init__(self):
         self.samples: list[tuple[float, float]] = []
+        self._proc = None
+        self._stop = threading.Event()
 
     def __enter__(self):
-        query = ["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
-        self._proc = subprocess.Popen(query, stdout=subprocess.PIPE, text=True)
-        self._thread = threading.Thread(target=self._read, daemon=True)
+        import shutil
+
+        if shutil.which("nvidia-smi"):
+            query = ["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
+            self._proc = subprocess.Popen(query, stdout=subprocess.PIPE, text=True)
+            self._thread = threading.Thread(target=self._read, daemon=True)
+        else:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
 
@@ -227,9 +258,17 @@ class GpuBusySampler:
             except ValueError:  # "[N/A]" or a header
                 pass
 
+    def _poll(self):
+        import torch
+
+        while not self._stop.wait(0.2):
+            self.samples.append((time.time(), float(torch.cuda.utilization(0))))
+
     def __exit__(self, *exc):
-        self._proc.terminate()
-        self._proc.wait()
+        self._stop.set()
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
         self._thread.join(timeout=5)
 
     def mean(self, start: float, end: float) -> float:
@@ -248,11 +287,14 @@ def _warm_up() -> None:
     time.sleep(3)
 
 
-def _child(mode: str, copies: int, args) -> dict:
+def _child(mode: str, copies: int, args, decode: str = "cpu") -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--copies", str(copies), "--model", args.model,
            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--workdir", args.workdir,
-           "--actors", str(args.actors), "--rows-per-file", str(args.rows_per_file), "--device", args.device]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+           "--actors", str(args.actors), "--rows-per-file", str(args.rows_per_file), "--device", args.device,
+           "--decode", decode, "--images", str(args.images), *(["--limit", str(args.limit)] if args.limit else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd)} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -273,42 +315,56 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: both sides on the first GPU with fp16 autocast; detbatch with --actors GPU "
                              "actors and every other CPU decoding; prints GPU busy %% from nvidia-smi")
+    parser.add_argument("--decode", nargs="+", choices=["cpu", "gpu"], default=["cpu"],
+                        help="where JPEGs are decoded; each given runs the pair (gpu: torchvision's decode_jpeg on --device)")
+    parser.add_argument("--images", type=Path, default=COCO128, help="a folder of .jpg (default: COCO128)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images of --images")
+    parser.add_argument("--out", type=Path, help="write every figure here as JSON")
     parser.add_argument("--child", choices=["bare", "detbatch", "detbatch-memory"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        folder = make_input(Path(args.workdir), args.copies)
+        folder = make_input(Path(args.workdir), args.copies, args.images, args.limit)
+        decode = args.decode[0]
         if args.child == "bare":
-            result = run_bare(folder, args.model, args.batch_size, args.threads, args.device)
+            result = run_bare(folder, args.model, args.batch_size, args.threads, args.device, decode)
         else:
             out = Path(tempfile.mkdtemp(dir=args.workdir)) / "out"
             result = run_detbatch(folder, out, args.model, args.batch_size, args.threads, args.actors, args.rows_per_file,
-                                  sample_memory=args.child == "detbatch-memory", device=args.device)
+                                  sample_memory=args.child == "detbatch-memory", device=args.device, decode=decode)
         print(json.dumps(result))
         return
 
-    if not COCO128.exists():
-        sys.exit(f"COCO128 not found at {COCO128}")
+    if not args.images.exists():
+        sys.exit(f"no images at {args.images} (COCO128 is looked for at {COCO128}; or give --images DIR)")
+    figures: dict = {"model": args.model, "device": args.device, "batch_size": args.batch_size,
+                     "rows_per_file": args.rows_per_file, "actors": args.actors, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as workdir:
         args.workdir = workdir
         print(f"model {args.model} (random init), batch {args.batch_size}, {args.threads} torch threads, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, device {args.device}")
         if not args.skip_throughput:
-            throughput(args)
+            figures["throughput"] = {decode: throughput(args, decode) for decode in args.decode}
         if not args.skip_memory:
             memory(args)
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2))
 
 
-def throughput(args) -> None:
-    """Bare loop and detbatch, alternated ``--repeat`` times; each pair's ratio and the median."""
-    ratios = []
+def throughput(args, decode: str = "cpu") -> list[dict]:
+    """Bare loop and detbatch, alternated ``--repeat`` times; each pair's ratio and the median. Returns the
+    pairs' figures."""
+    ratios, pairs = [], []
     for i in range(args.repeat):
-        bare = _child("bare", args.copies, args)
-        det = _child("detbatch", args.copies, args)
+        bare = _child("bare", args.copies, args, decode)
+        det = _child("detbatch", args.copies, args, decode)
         ratio = det["images_per_second"] / bare["images_per_second"]
         ratios.append(ratio)
-        print(f"throughput, COCO128 x{args.copies} ({bare['images']} images), run {i + 1} of {args.repeat}:")
+        pairs.append({"bare": bare, "detbatch": det, "ratio": ratio,
+                      "ratio_after_first_commit": det["images_per_second_after_first_commit"] / bare["images_per_second"]})
+        print(f"throughput, {args.images.name} x{args.copies} ({bare['images']} images), {decode} decode, "
+              f"run {i + 1} of {args.repeat}:")
         print(f"  bare loop : {bare['images_per_second']:.2f} images/s ({bare['seconds']:.1f} s)")
         print(f"  detbatch  : {det['images_per_second']:.2f} images/s ({det['seconds']:.1f} s; {args.actors} actor(s) x "
               f"{max(1, args.threads // args.actors)} threads, {args.rows_per_file} images per call)")
@@ -321,11 +377,13 @@ def throughput(args) -> None:
               f"{bare['images_per_second_with_imports']:.2f} images/s; ratio detbatch / that = "
               f"{det['images_per_second'] / bare['images_per_second_with_imports']:.3f}")
         if "gpu_busy_percent" in det:
-            print(f"  GPU busy (nvidia-smi utilization.gpu, mean): {det['gpu_busy_percent']:.0f}% over the detbatch run, "
-                  f"{det['gpu_busy_percent_after_first_commit']:.0f}% from the first commit to the last  (goal >= 90%)")
+            print(f"  GPU busy (utilization.gpu, mean): {det['gpu_busy_percent']:.0f}% over the detbatch run, "
+                  f"{det['gpu_busy_percent_after_first_commit']:.0f}% from the first commit to the last  (goal >= 90%); "
+                  f"bare loop {bare['gpu_busy_percent']:.0f}%")
     if args.repeat > 1:
         print(f"ratios: {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}, "
               f"min {min(ratios):.3f}  (goal >= 0.95)")
+    return pairs
 
 
 def memory(args) -> None:

@@ -161,7 +161,7 @@ def test_readme_set_example_overrides_the_file(monkeypatch):
     # README, "Configs": `detbatch detect --config configs/detect.yaml --set inference.max_actors=16`.
     # This once gave the file's 8: the flags that were not given overwrote --set with their None.
     monkeypatch.chdir(REPO)
-    assert load_config(DetectConfig, "configs/detect.yaml").inference.max_actors == 8
+    assert load_config(DetectConfig, "configs/detect.yaml").inference.max_actors == "auto"
     config = _load(["detect", "--config", "configs/detect.yaml", "--set", "inference.max_actors=16"])
     assert config.inference.max_actors == 16
     assert config.inference.min_actors == 1 and config.model.name == "fasterrcnn_resnet50_fpn_v2"  # the rest: the file's

@@ -32,3 +32,8 @@ def add_label_flags(p: argparse.ArgumentParser, images: str | None = None, image
     p.add_argument("--names", help="VOC, YOLO: class names list, data.yaml or one name a line (default: found beside the labels)")
     if images:
         p.add_argument(images, help=images_help)
+
+
+def int_or_auto(value: str) -> int | str:
+    """``--max-actors``, ``--replicas``: a number, or ``auto`` (docs/detect.md, docs/serve.md)."""
+    return value if value == "auto" else int(value)

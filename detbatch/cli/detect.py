@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from detbatch.cli.common import load_job_config, score_or_uri
+from detbatch.cli.common import int_or_auto, load_job_config, score_or_uri
 
 
 def add_detect(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_detect(sub: argparse._SubParsersAction) -> None:
                    "or a thresholds.json of `detbatch evaluate` (a threshold per category)")
     p.add_argument("--batch-size", type=int, help="images per forward pass")
     p.add_argument("--min-actors", type=int, help="detector pool size at least")
-    p.add_argument("--max-actors", type=int, help="detector pool size at most")
+    p.add_argument("--max-actors", type=int_or_auto, help="detector pool size at most, or auto (one per GPU; docs/detect.md)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--ray-address", help="Ray cluster to join (default: the job's, else a local one)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an output made with other settings")

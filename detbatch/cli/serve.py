@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from detbatch.cli.common import load_job_config, score_or_uri
+from detbatch.cli.common import int_or_auto, load_job_config, score_or_uri
 
-
-def _replicas(value: str) -> int | str:
-    """``--replicas``: a number, or ``auto`` (Serve's autoscaler)."""
-    return value if value == "auto" else int(value)
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,7 +21,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    "of `detbatch evaluate`; a request may ask for a higher one, never a lower one")
     p.add_argument("--host", help="where the HTTP proxies listen (default 127.0.0.1; 0.0.0.0 for other machines)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    p.add_argument("--replicas", type=_replicas, help="replicas of the model: a number, or auto (autoscaling)")
+    p.add_argument("--replicas", type=int_or_auto, help="replicas of the model: a number, or auto (autoscaling)")
     p.add_argument("--max-batch-size", type=int, help="requests a replica runs through the model at once")
     p.add_argument("--batch-wait-ms", type=float, help="how long a batch waits for more requests, at most")
     p.add_argument("--allow-uri", action="append", metavar="PREFIX",

@@ -83,6 +83,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score-threshold", type=float, default=0.05, help="baked into the exported model")
     p.add_argument("--detections-per-image", type=int, default=100, help="baked into the exported model")
     p.add_argument("--tolerance", type=float, default=None, help="parity tolerance (default 1e-3; see PARITY_TOLERANCE in detbatch/export/exporter.py)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the parity check runs the eager and exported models")
     p.set_defaults(run=_run_export)
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -103,6 +104,7 @@ def _run_export(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         detections_per_image=args.detections_per_image,
         tolerance=PARITY_TOLERANCE if args.tolerance is None else args.tolerance,
+        device=args.device,
     )
     print("\n".join(result.lines()))
     return 0

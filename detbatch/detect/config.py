@@ -6,7 +6,7 @@ an error naming it (see :func:`detbatch.config.load_config`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -90,7 +90,10 @@ class InferenceConfig(Section):
     fp16: bool = True
     """Autocast to fp16 on GPU (ignored on CPU)."""
     min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(1, ge=1)
+    max_actors: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    """``auto``: as many actors as the cluster's nodes hold, keeping one decode task's CPUs free on each:
+    on GPU nodes one per GPU (``gpus_per_actor`` each), on CPU nodes (CPU − ``decode_cpus``) /
+    ``cpus_per_actor`` (:func:`detbatch.detect.resources.auto_pool_size`, docs/detect.md)."""
     gpus_per_actor: float = Field(1.0, gt=0)
     cpus_per_actor: float = Field(1.0, gt=0)
     """CPUs Ray reserves per detector actor."""
@@ -98,6 +101,15 @@ class InferenceConfig(Section):
     """torch intra-op threads in each actor; default: ``cpus_per_actor`` (at least 1)."""
     decode_cpus: float = Field(1.0, gt=0)
     """CPUs reserved per decode task."""
+    decode: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where JPEGs are decoded. ``cpu``: in the decode tasks (PIL). ``gpu``: in the detector actors, a
+    mini-batch at once with ``torchvision.io.decode_jpeg`` on the actor's device (the object store carries
+    the files, not their pixels); other files, and JPEGs the device refuses, are still decoded on CPU
+    (docs/detect.md, "JPEG decode on the GPU"). ``auto``: ``gpu`` when the pool runs on GPUs, else ``cpu``."""
+    overlap_commit: bool | None = None
+    """Run two calls in each actor at once, one in the model while the other commits its Parquet, so that
+    the device does not wait for storage; ``null``: on for GPU pools, off for CPU pools (where both would
+    share the same cores)."""
     actor_resources: dict[str, float] = {}
     """Custom Ray resources each detector actor needs, e.g. ``{"inference_node": 1}`` to pin the pool
     to nodes that advertise them (``ray start --resources``)."""
@@ -129,7 +141,7 @@ class DetectConfig(Section):
     @field_validator("inference")
     @classmethod
     def _pool_bounds(cls, v: InferenceConfig) -> InferenceConfig:
-        if v.min_actors > v.max_actors:
+        if v.max_actors != "auto" and v.min_actors > v.max_actors:
             raise ValueError(f"min_actors ({v.min_actors}) > max_actors ({v.max_actors}); make min_actors ≤ max_actors")
         return v
 

@@ -1,4 +1,5 @@
-"""Decode stage: encoded image bytes -> RGB pixels, on CPU, one Ray task per batch.
+"""Decode stage: encoded image bytes -> RGB pixels, on CPU, one Ray task per batch; and the JPEG decode in
+the detector actors (``inference.decode: gpu``).
 
 A row that cannot be decoded (corrupt, truncated, empty, not an image, unreadable, over
 ``input.max_pixels``) keeps flowing with ``status="error"`` and a message, so that it is recorded in the
@@ -9,6 +10,13 @@ them: a plain Arrow binary column, no tensor extension types. EXIF orientation i
 matching torchvision.io and COCO, whose boxes refer to the stored pixel grid. How each PIL pixel mode
 becomes 8-bit RGB (16-bit, float, alpha, palettes, CMYK, animations) is :func:`rgb_pixels`, and
 docs/data.md ("Pixels").
+
+With ``inference.decode: gpu`` the decode task reads every file's header (the caps apply as before) and
+decodes all but plain JPEGs as above; a plain JPEG (baseline or progressive, RGB or grey, ending in its EOI
+marker) leaves it undecoded, as status :data:`ENCODED`, for :func:`decode_jpegs` in the actor, which decodes
+a mini-batch at once with ``torchvision.io.decode_jpeg`` on the actor's device and falls back to
+:func:`decode_image` for any image that the batch decode fails on, so that a file gives the same pixels or
+the same error row either way (docs/detect.md, "JPEG decode on the GPU").
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import pyarrow as pa
 from detbatch.detect.read import ROW_ID_FIELDS
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
 # Where a pixel is (partly) transparent its colour is blended with this one, as browsers and most
@@ -90,6 +99,16 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+# Status of a decoded row whose ``pixels`` still hold the file's JPEG bytes (``inference.decode: gpu``),
+# width and height from its header: the actor decodes it (:func:`decode_jpegs`). Never in the output.
+ENCODED = "encoded"
+
+# The JPEGs that travel undecoded: PIL modes that nvJPEG and torchvision's decode_jpeg turn into RGB as PIL
+# does (CMYK and YCCK need Adobe's inversion, which nvJPEG lacks: those are decoded on CPU).
+DEFERRED_JPEG_MODES = frozenset({"RGB", "L"})
+_JPEG_EOI = b"\xff\xd9"
+
+
 class TooLarge(str):
     """A reason of :func:`decode_image` that says the image is over a size cap (``input.max_pixels``, or
     Pillow's own), not that it is broken: a ``str`` like the others, which a caller may tell apart
@@ -102,6 +121,17 @@ def decode_image(data: bytes | None, max_pixels: int | None = None) -> tuple[np.
     ``max_pixels``: images whose width × height, read from the header before anything is decoded, is
     larger are refused (``input.max_pixels``); None: no cap but Pillow's own (~179 Mpx).
     """
+    pixels, error = decode_or_keep_jpeg(data, max_pixels, keep_jpeg=False)
+    assert not isinstance(pixels, tuple)
+    return pixels, error
+
+
+def decode_or_keep_jpeg(
+    data: bytes | None, max_pixels: int | None, keep_jpeg: bool
+) -> tuple[np.ndarray | tuple[int, int] | None, str | None]:
+    """:func:`decode_image`, except that with ``keep_jpeg`` a plain JPEG (:data:`DEFERRED_JPEG_MODES`, ending
+    in its EOI marker, so that a truncated file is decoded here and fails with PIL's message) is not decoded:
+    ``((width, height), None)``, its header's size, after the ``max_pixels`` check."""
     from PIL import Image, UnidentifiedImageError
 
     if data is None:
@@ -114,6 +144,8 @@ def decode_image(data: bytes | None, max_pixels: int | None = None) -> tuple[np.
             if max_pixels is not None and width * height > max_pixels:
                 return None, TooLarge(f"image of {width}x{height} = {width * height} pixels exceeds "
                                       f"input.max_pixels={max_pixels}")
+            if keep_jpeg and img.format == "JPEG" and img.mode in DEFERRED_JPEG_MODES and data.endswith(_JPEG_EOI):
+                return (width, height), None
             img.load()  # decode now: a truncated file fails here, not later in the detector
             try:
                 return rgb_pixels(img), None
@@ -140,24 +172,31 @@ def decode_sample(
 
 
 # Rows of the decode stage: the read row's id columns, then the pixels (see the module docstring); an
-# error row has ``status="error"``, empty ``pixels`` and width = height = 0.
+# error row has ``status="error"``, empty ``pixels`` and width = height = 0; an :data:`ENCODED` row holds the
+# JPEG file's bytes in ``pixels``.
 DECODED_SCHEMA = pa.schema(
     [*ROW_ID_FIELDS, pa.field("pixels", pa.binary()), pa.field("width", pa.int32()), pa.field("height", pa.int32()),
      pa.field("status", pa.string()), pa.field("error", pa.string())]
 )
 
 
-def decode_batch(batch: dict[str, np.ndarray], max_pixels: int | None = None) -> pa.Table:
+def decode_batch(batch: dict[str, np.ndarray], max_pixels: int | None = None, keep_jpeg: bool = False) -> pa.Table:
     """Ray Data batch of read rows (``data``, ``error``, ...) -> rows of :data:`DECODED_SCHEMA`.
-    ``max_pixels``: see :func:`decode_image`."""
+    ``max_pixels``, ``keep_jpeg``: see :func:`decode_or_keep_jpeg` (a kept JPEG: status :data:`ENCODED`)."""
     n = len(batch["uri"])
     pixels, widths, heights, status, errors = [], np.zeros(n, np.int32), np.zeros(n, np.int32), [], []
     for i in range(n):
-        array, error = decode_sample(batch["data"][i], batch["error"][i], max_pixels)
+        error = batch["error"][i]
+        array, error = (None, error) if error is not None else decode_or_keep_jpeg(batch["data"][i], max_pixels, keep_jpeg)
         if array is None:
             pixels.append(b"")
             status.append("error")
             errors.append(error)
+        elif isinstance(array, tuple):  # a JPEG left for the actor: its bytes, its header's size
+            widths[i], heights[i] = array
+            pixels.append(batch["data"][i])
+            status.append(ENCODED)
+            errors.append(None)
         else:
             heights[i], widths[i] = array.shape[:2]
             pixels.append(array.data)  # Arrow copies the buffer once; tobytes() would copy it twice
@@ -166,3 +205,30 @@ def decode_batch(batch: dict[str, np.ndarray], max_pixels: int | None = None) ->
     columns = {f.name: batch[f.name] for f in ROW_ID_FIELDS}
     columns.update(pixels=pixels, width=widths, height=heights, status=status, error=errors)
     return pa.Table.from_pydict(columns, schema=DECODED_SCHEMA)
+
+
+def decode_jpegs(
+    data: list[bytes], device: str, max_pixels: int | None = None
+) -> list[tuple["torch.Tensor | np.ndarray | None", str | None]]:
+    """JPEG files (rows of status :data:`ENCODED`) -> per file ``(pixels, None)`` or ``(None, reason)``.
+
+    ``pixels``: uint8 [3, H, W] on ``device`` when ``torchvision.io.decode_jpeg`` decoded it there, all of
+    ``data`` in one batched call (nvJPEG on CUDA); else uint8 H×W×3 numpy from :func:`decode_image`, the CPU
+    decoder, which is what a file that the batch call fails on gets (alone: one bad file does not send the
+    others back to the CPU), so that its pixels or its error are the CPU path's.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in data]
+    try:
+        return [(t, None) for t in decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)]
+    except Exception:  # one file the batch call cannot decode fails it whole: each on its own
+        pass
+    results: list[tuple[torch.Tensor | np.ndarray | None, str | None]] = []
+    for blob, tensor in zip(data, tensors):
+        try:
+            results.append((decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device), None))
+        except Exception:  # nvJPEG refuses what libjpeg takes (some progressive or odd-sampled files)
+            results.append(decode_image(blob, max_pixels))
+    return results

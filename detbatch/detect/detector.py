@@ -1,10 +1,19 @@
 """The detector pool's actor: loads a model once, runs it on batches of decoded images, commits them.
 
-Input rows come from :mod:`detbatch.detect.decode`. Each call runs the model over the call's images in
-mini-batches of ``batch_size``, then writes and commits the call's Parquet file pair itself
-(:func:`detbatch.detect.sink.write_parts`) before returning. Committing in the actor rather than in a later
-stage means a result is durable as soon as it exists: Ray Data releases a task's output blocks only
-when the task ends or its buffer fills, so a downstream writer could sit idle for most of a run.
+Input rows come from :mod:`detbatch.detect.decode`: pixels, or (``inference.decode: gpu``) JPEG files that
+the actor decodes itself, a mini-batch at a time, on its device (:func:`detbatch.detect.decode.decode_jpegs`).
+Each call runs the model over the call's images in mini-batches of ``batch_size``, then writes and commits
+the call's Parquet file pair itself (:func:`detbatch.detect.sink.write_parts`) before returning. Committing
+in the actor rather than in a later stage means a result is durable as soon as it exists: Ray Data releases a
+task's output blocks only when the task ends or its buffer fills, so a downstream writer could sit idle for
+most of a run.
+
+Keeping a GPU busy: pixels reach the device from page-locked memory without blocking the host, each
+mini-batch's results come back in one copy (one synchronisation per mini-batch), and with ``overlap`` two
+calls run in the actor at once (Ray Data's ``max_concurrent_calls_per_actor=2``): one in the model, the other
+committing its results, so that the device does not wait for Parquet and storage. A lock lets one call at a
+time into the model; each call still returns only once it has committed, so Ray's retry of a call whose
+actor died, and the commit protocol, are as without overlap.
 """
 
 from __future__ import annotations
@@ -12,16 +21,20 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from detbatch import storage
-from detbatch.detect.decode import DECODED_SCHEMA
+from detbatch.detect.decode import DECODED_SCHEMA, ENCODED, decode_jpegs
 from detbatch.detect.sink import ATTEMPTS_DIR
 from detbatch.detect.thresholds import ScoreThresholds
 from detbatch.faults import failpoint
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +100,13 @@ class Detector:
         output: str | None = None,
         generation: int = 0,
         per_category: dict[str, Any] | None = None,
+        overlap: bool = False,
+        max_pixels: int | None = None,
     ):
         """``per_category``: thresholds by category (:meth:`ScoreThresholds.fingerprint` of a thresholds.json),
-        applied after the model, which keeps boxes from ``score_threshold`` (the lowest of them) on."""
+        applied after the model, which keeps boxes from ``score_threshold`` (the lowest of them) on.
+        ``overlap``: the pool runs two calls per actor at once (see the module docstring). ``max_pixels``:
+        ``input.max_pixels``, for the JPEGs that the actor decodes on CPU after its device refused them."""
         import warnings
 
         import torch
@@ -108,29 +125,36 @@ class Detector:
         self.output = output
         self.generation = generation
         self.thresholds = None if per_category is None else ScoreThresholds.from_fingerprint(per_category)
+        self.overlap = overlap
+        self.max_pixels = max_pixels
+        self._model_lock = threading.Lock()  # one call in the model at a time (two run at once with overlap)
         labels = loaded.categories.labels
         self.category_ids = np.array([c[0] if c else i for i, c in enumerate(labels)], dtype=np.int32)
         self.category_names = np.array([c[1] if c else "N/A" for c in labels], dtype=object)
         logger.info("detector %s (%s) ready on %s", loaded.name, loaded.weights, self.device)
 
-    def predict(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """images: uint8 H×W×3 -> per image ``boxes`` float32 [N, 4] xyxy pixels, ``labels``, ``scores``."""
+    def predict(self, images: "list[np.ndarray | torch.Tensor]") -> list[dict[str, np.ndarray]]:
+        """images: uint8 H×W×3 numpy, or uint8 [3, H, W] tensors (decoded on the device) -> per image
+        ``boxes`` float32 [N, 4] xyxy pixels, ``labels`` int64 [N], ``scores`` float32 [N]."""
         import torch
 
-        tensors = [
-            torch.from_numpy(im).to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
-            for im in images
-        ]
+        tensors = [self._on_device(im).float().div_(255) for im in images]
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
             outputs = self.model(tensors)
-        return [
-            {
-                "boxes": o["boxes"].float().cpu().numpy(),
-                "labels": o["labels"].cpu().numpy(),
-                "scores": o["scores"].float().cpu().numpy(),
-            }
-            for o in outputs
-        ]
+        return _to_host(outputs)
+
+    def _on_device(self, image: "np.ndarray | torch.Tensor") -> "torch.Tensor":
+        """uint8 [3, H, W] on this actor's device. A numpy image goes through page-locked memory, so that its
+        copy runs asynchronously (``non_blocking``) while the host prepares the next one; torch's caching host
+        allocator reuses the page-locked buffers and keeps each until its copy is done."""
+        import torch
+
+        if not isinstance(image, np.ndarray):
+            return image.to(self.device)  # decoded there already: no copy
+        tensor = torch.from_numpy(image)
+        if self.device != "cpu":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.permute(2, 0, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Detect, commit to ``output`` as lease ``generation``, return per-unit counts
@@ -150,8 +174,13 @@ class Detector:
         parts = []
         while state["queue"]:
             lo, hi = state["queue"][0]
-            storage.write_text(record, json.dumps(state))  # if this dies, the retry knows where
-            parts.append(write_parts(self.score(_rows(batch, lo, hi)), self.output, self.generation))
+            with self._model_lock:
+                storage.write_text(record, json.dumps(state))  # if this dies, the retry knows where
+                scored = self.score(_rows(batch, lo, hi))
+                if self.overlap:  # past the model before the other call enters it: a death from now on is not these rows'
+                    storage.write_text(record, json.dumps({**state, "in_model": False}))
+            failpoint("detector.between_inference_and_commit")
+            parts.append(write_parts(scored, self.output, self.generation))
             state["queue"].pop(0)
         if state["crashed"]:
             logger.error("%d images crashed the detector twice; committed as error rows: %s", len(state["crashed"]),
@@ -170,19 +199,20 @@ class Detector:
         return pa.Table.from_pydict(picked, schema=SCORED_SCHEMA)
 
     def score(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """Decoded rows -> one row per image with its detections (:data:`SCORED_SCHEMA`)."""
+        """Decoded rows -> one row per image with its detections (:data:`SCORED_SCHEMA`). Rows of status
+        :data:`~detbatch.detect.decode.ENCODED` are decoded here first, a mini-batch at a time; one that
+        cannot be decoded becomes an error row, with the CPU decoder's message."""
         n = len(batch["uri"])
-        ok = [i for i in range(n) if batch["status"][i] == "ok"]
-        images = [
-            np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(int(batch["height"][i]), int(batch["width"][i]), 3)
-            for i in ok
-        ]
+        # Copies: decoding here sets a JPEG row's status, error and size.
+        row = {k: np.array(batch[k], dtype=object if k in ("status", "error") else np.int32)
+               for k in ("status", "error", "width", "height")}
+        todo = [i for i in range(n) if row["status"][i] in ("ok", ENCODED)]
         results: list[dict[str, np.ndarray] | None] = [None] * n
-        for start in range(0, len(images), self.batch_size):
-            for i in ok[start : start + self.batch_size]:  # a test's way to crash the model on one image
+        for start in range(0, len(todo), self.batch_size):
+            images = self._pixels(batch, todo[start : start + self.batch_size], row)
+            for i in images:  # a test's way to crash the model on one image
                 failpoint(f"detector.image:{posixpath.basename(str(batch['uri'][i]))}")
-            chunk = self.predict(images[start : start + self.batch_size])
-            for i, out in zip(ok[start : start + self.batch_size], chunk):
+            for i, out in zip(images, self.predict(list(images.values())) if images else []):
                 results[i] = out
         empty = np.zeros(0, np.float32)
         columns: dict[str, list[Any]] = {"category_id": [], "category": [], "score": [], "box": []}
@@ -196,8 +226,48 @@ class Detector:
             columns["score"].append(r["scores"] if r else empty)
             columns["box"].append(r["boxes"].reshape(-1) if r else empty)
         arrays = {k: batch[k] for k in PASSTHROUGH}
+        arrays.update(row)
         arrays.update(columns)
         return pa.Table.from_pydict(arrays, schema=SCORED_SCHEMA)
+
+    def _pixels(self, batch: dict[str, np.ndarray], rows: list[int],
+                row: dict[str, np.ndarray]) -> "dict[int, np.ndarray | torch.Tensor]":
+        """The images of ``rows`` (ok or :data:`ENCODED`), in row order: row -> pixels (see :meth:`predict`).
+        The JPEGs among them are decoded in one batch; one that fails is made an error row in ``row``."""
+        jpegs = [i for i in rows if row["status"][i] == ENCODED]
+        decoded = dict(zip(jpegs, decode_jpegs([batch["pixels"][i] for i in jpegs], self.device, self.max_pixels)))
+        images: dict[int, np.ndarray | torch.Tensor] = {}
+        for i in rows:
+            if i not in decoded:
+                images[i] = np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(int(row["height"][i]),
+                                                                                       int(row["width"][i]), 3)
+                continue
+            pixels, error = decoded[i]
+            if pixels is None:
+                row["status"][i], row["error"][i], row["width"][i], row["height"][i] = "error", error, 0, 0
+                continue
+            height, width = pixels.shape[:2] if isinstance(pixels, np.ndarray) else pixels.shape[1:]
+            row["status"][i], row["width"][i], row["height"][i] = "ok", width, height
+            images[i] = pixels
+        return images
+
+
+def _to_host(outputs: list[dict[str, "torch.Tensor"]]) -> list[dict[str, np.ndarray]]:
+    """The model's outputs for a mini-batch -> numpy, in one copy from the device (one synchronisation):
+    boxes, scores and labels packed as float32 [N, 6] (labels are category indices, exact in float32)."""
+    import torch
+
+    if not outputs:
+        return []
+    counts = [int(o["scores"].shape[0]) for o in outputs]
+    packed = torch.cat([torch.cat([o["boxes"].float(), o["scores"].float()[:, None], o["labels"].float()[:, None]], 1)
+                        for o in outputs]).cpu().numpy()
+    results, start = [], 0
+    for count in counts:
+        part, start = packed[start : start + count], start + count
+        results.append({"boxes": np.ascontiguousarray(part[:, :4]), "labels": part[:, 5].astype(np.int64),
+                        "scores": np.ascontiguousarray(part[:, 4])})
+    return results
 
 
 def attempt_uri(output: str, generation: int, batch: dict[str, np.ndarray]) -> str:
@@ -218,7 +288,11 @@ def _rows(batch: dict[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarra
 
 def _after_crash(state: dict[str, Any]) -> dict[str, Any]:
     """The attempt record of a call whose last attempt died while running ``queue[0]``: split those rows in
-    halves; a single image is tried once more on its own, and after a second crash is marked crashed."""
+    halves; a single image is tried once more on its own, and after a second crash is marked crashed.
+    A record that says its rows had left the model (``in_model: false``, written with overlap) is of a call
+    that died committing or beside another call's crash: the same rows again, no one suspected."""
+    if not state.pop("in_model", True):
+        return state
     (lo, hi), rest = state["queue"][0], state["queue"][1:]
     if hi - lo > 1:
         mid = (lo + hi) // 2

@@ -29,7 +29,7 @@ from detbatch.config import ConfigError
 from detbatch.detect.config import DetectConfig, InputConfig
 from detbatch.detect.lease import Lease, LeaseLost
 from detbatch.detect.output import RUN_FILE, OpenedOutput, open_output
-from detbatch.detect.resources import placement_problem
+from detbatch.detect.resources import Pool, actor_resources, placement_problem, resolve_pool
 from detbatch.detect.thresholds import ScoreThresholds, parse_score_threshold
 from detbatch.errors import RunFailed
 from detbatch.models import check_weights
@@ -131,13 +131,15 @@ def read_and_decode(
     skips: dict[int, list[tuple[int, int]]],
     decode_cpus: float,
     caps: InputConfig | None = None,
+    keep_jpeg: bool = False,
 ) -> "ray.data.Dataset":
     """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
     leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
     ``rows_per_file`` images reaches the pool as one call. ``units``: a plan
     (:data:`detbatch.detect.plan.PLAN_SCHEMA`), or :func:`~detbatch.detect.units.plan_units`' rows with
     the ``listing`` they came from. ``caps``: the input settings whose ``max_bytes`` and ``max_pixels``
-    refuse a file before it is read or decoded (None: their defaults)."""
+    refuse a file before it is read or decoded (None: their defaults). ``keep_jpeg``: plain JPEGs leave
+    undecoded, for the actors (``inference.decode: gpu``; :func:`detbatch.detect.decode.decode_or_keep_jpeg`)."""
     import ray
 
     caps = caps or InputConfig()
@@ -156,21 +158,23 @@ def read_and_decode(
         # batch_size=None: decode each block the reader yields. Ray fuses the two stages into one task
         # that takes max(batch sizes) input rows, and input rows are units: a batch size here would
         # put that many units in one task, whose output then reaches a single actor.
-        .map_batches(decode_batch, batch_size=None, num_cpus=decode_cpus, fn_kwargs={"max_pixels": caps.max_pixels})
+        .map_batches(decode_batch, batch_size=None, num_cpus=decode_cpus,
+                     fn_kwargs={"max_pixels": caps.max_pixels, "keep_jpeg": keep_jpeg})
     )
 
 
-def _pool_resources(config: DetectConfig) -> tuple[float, int, str]:
-    """(GPUs per actor, torch threads per actor, device) for this cluster."""
+def _pool(config: DetectConfig) -> Pool:
+    """The pool for this cluster's live nodes (:func:`~detbatch.detect.resources.resolve_pool`)."""
     import ray
 
-    inf = config.inference
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    use_gpu = inf.device == "cuda" or (inf.device == "auto" and has_gpu)
-    if inf.device == "cuda" and not has_gpu:
-        raise ConfigError("inference.device is 'cuda' but the Ray cluster has no GPU; use device: auto or cpu")
-    threads = inf.threads_per_actor or max(1, int(inf.cpus_per_actor))
-    return (inf.gpus_per_actor if use_gpu else 0.0), threads, ("cuda" if use_gpu else "cpu")
+    pool = resolve_pool(config.inference, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    if config.inference.max_actors == "auto":
+        logger.info("inference.max_actors: auto = %d (%s)", pool.max_actors, "one per GPU" if pool.gpus else
+                    "each node's CPUs but one decode task's, by inference.cpus_per_actor")
+        if config.inference.autoscaling:
+            logger.warning("inference.max_actors: auto counts the nodes up now (%d actors); with an autoscaler, give "
+                           "the number of GPUs to grow to instead", pool.max_actors)
+    return pool
 
 
 def run_detect(config: DetectConfig) -> DetectSummary:
@@ -224,12 +228,12 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
         "%s: %d %s inputs, %d units to do (%d finished earlier, %d images committed)",
         config.input.uri, listed.num_inputs, listed.kind, todo.num_rows, len(log.finished), log.committed_images,
     )
-    gpus, threads, device = _pool_resources(config)
+    pool = _pool(config)
     inf = config.inference
     # As state.json records them (read once, when the output was opened): a number, or one per category.
     scores = opened.fingerprint["score_threshold"]
     thresholds = ScoreThresholds.from_fingerprint(scores)
-    _check_schedulable(config, gpus)
+    _check_schedulable(config, pool.gpus)
     context = DataContext.get_current()
     # Rows reach the actors in (unit, index) order, so that each call commits few, long parts.
     # (Correctness does not depend on it: write_parts splits any batch into contiguous runs.)
@@ -246,26 +250,33 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
 
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
     if todo.num_rows:
-        ds = read_and_decode(todo, listed, manifest, skips, inf.decode_cpus, config.input).map_batches(
+        ds = read_and_decode(todo, listed, manifest, skips, inf.decode_cpus, config.input,
+                             keep_jpeg=pool.decode == "gpu").map_batches(
             Detector.configured(
                 model=config.model.name,
                 weights=config.model.weights,
                 score_threshold=thresholds.floor,
                 per_category=scores if isinstance(scores, dict) else None,
                 detections_per_image=config.model.detections_per_image,
-                device=device,
+                device=pool.device,
                 fp16=inf.fp16,
-                threads=threads,
+                threads=pool.threads,
                 batch_size=inf.batch_size,
                 output=output,
                 generation=lease.generation,
+                overlap=pool.overlap,
+                max_pixels=config.input.max_pixels,
             ),
             # One call = one committed file pair; the model sees mini-batches of batch_size.
             batch_size=config.output.rows_per_file,
-            compute=ActorPoolStrategy(min_size=inf.min_actors, max_size=inf.max_actors,
-                                      max_tasks_in_flight_per_actor=inf.calls_in_flight),
+            # With overlap, two calls run in an actor at once (true threads: one in the model, one committing;
+            # detbatch.detect.detector), so two must be there.
+            compute=ActorPoolStrategy(min_size=inf.min_actors, max_size=pool.max_actors,
+                                      max_tasks_in_flight_per_actor=max(inf.calls_in_flight, 2 if pool.overlap else 1),
+                                      max_concurrent_calls_per_actor=2 if pool.overlap else None,
+                                      enable_true_multi_threading=pool.overlap or None),
             num_cpus=inf.cpus_per_actor,
-            num_gpus=gpus,
+            num_gpus=pool.gpus,
             resources=inf.actor_resources or None,
             # A dead actor is replaced and its batch retried, up to max_retries times per batch.
             # (Ray Data's own default retries forever, so a batch that kills every actor it
@@ -313,7 +324,9 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
         "fingerprint": opened.fingerprint,
         "input": {"uri": config.input.uri, "root": listed.root, "kind": listed.kind, "manifest": config.input.manifest,
                   "num_inputs": listed.num_inputs},
-        "model": {"name": config.model.name, "weights": config.model.weights, "device": device},
+        "model": {"name": config.model.name, "weights": config.model.weights, "device": pool.device},
+        "pool": {"max_actors": pool.max_actors, "threads_per_actor": pool.threads, "decode": pool.decode,
+                 "overlap_commit": pool.overlap},
         "versions": _library_versions(),
         "counts": {k: getattr(summary, k) for k in ("images_ok", "images_error", "detections")},
         "this_run": {"images_processed": images_done, "images_resumed": summary.images_resumed},
@@ -344,7 +357,7 @@ def _check_schedulable(config: DetectConfig, gpus: float) -> None:
     import ray
 
     inf = config.inference
-    actor = {"CPU": inf.cpus_per_actor, "GPU": gpus, **inf.actor_resources}
+    actor = actor_resources(inf, gpus)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     problem = placement_problem(nodes, actor, inf.min_actors, {"CPU": inf.decode_cpus})
     if problem is None:

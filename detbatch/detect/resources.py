@@ -6,11 +6,18 @@ on a 2-CPU machine, two actors of one CPU each and decode tasks of one CPU. :fun
 finds that before anything starts, from the nodes' total resources, and names the numbers and the fix.
 With an autoscaler that adds nodes on demand (``inference.autoscaling: true``) the same finding is only
 a warning: the nodes the stages need may not exist yet.
+
+:func:`resolve_pool` turns the ``auto`` settings of ``inference`` into the pool this cluster gets (device,
+``max_actors``, where JPEGs are decoded, overlapped commits).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
+
+from detbatch.config import ConfigError
+from detbatch.detect.config import InferenceConfig
 
 Resources = Mapping[str, float]
 
@@ -57,3 +64,65 @@ def placement_problem(nodes: list[Resources], actor: Resources, actors: int, tas
                 f"wait forever. Lower inference.min_actors or inference.cpus_per_actor, or lower "
                 f"inference.decode_cpus (e.g. 0.5), or add nodes")
     return None
+
+
+def auto_pool_size(nodes: list[Resources], actor: Resources, decode_cpus: float) -> int:
+    """``inference.max_actors: auto``: how many actors needing ``actor`` each the ``nodes`` (each a node's
+    total resources) hold, keeping ``decode_cpus`` (one read/decode task) free on each node; at least 1.
+
+    For a GPU pool that is one actor per GPU (``gpus_per_actor`` each) wherever the node has the CPUs for
+    them; for a CPU pool, (CPU − ``decode_cpus``) / ``cpus_per_actor`` per node, which on CPU nodes is the
+    layout measured best (docs/detect.md, "Pool size"): single-threaded actors on every core but the decode
+    task's, since decoding an image takes a few percent of the CPU time of detecting it.
+    """
+    total = 0
+    for node in nodes:
+        free = {k: float(v) for k, v in node.items() if k not in _IGNORED and not k.startswith(_IGNORED_PREFIXES)}
+        free["CPU"] = free.get("CPU", 0.0) - decode_cpus
+        counts = [free.get(k, 0.0) / v for k, v in actor.items() if v > 0]
+        total += max(0, int(min(counts) + 1e-9)) if counts else 0
+    return max(1, total)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The detector pool as a cluster gets it: ``inference``'s ``auto`` settings resolved."""
+
+    device: str
+    """``cuda`` or ``cpu``."""
+    gpus: float
+    """GPUs per actor (0 on CPU)."""
+    threads: int
+    """torch intra-op threads per actor."""
+    max_actors: int
+    decode: str
+    """Where JPEGs are decoded: ``cpu`` (the decode tasks) or ``gpu`` (in the actors, on ``device``)."""
+    overlap: bool
+    """Two calls per actor at once: one in the model, one committing (``inference.overlap_commit``)."""
+
+
+def actor_resources(inf: InferenceConfig, gpus: float) -> dict[str, float]:
+    """What one detector actor asks Ray for."""
+    return {"CPU": inf.cpus_per_actor, "GPU": gpus, **inf.actor_resources}
+
+
+def resolve_pool(inf: InferenceConfig, nodes: list[Resources]) -> Pool:
+    """The pool of ``inf`` on a cluster of ``nodes`` (each a node's total resources): the device (``auto``:
+    cuda when a node has a GPU), ``max_actors: auto`` (:func:`auto_pool_size`, at least ``min_actors``),
+    ``decode: auto`` (gpu on a GPU pool) and ``overlap_commit: null`` (on for a GPU pool)."""
+    has_gpu = sum(n.get("GPU", 0.0) for n in nodes) > 0
+    if inf.device == "cuda" and not has_gpu:
+        raise ConfigError("inference.device is 'cuda' but the Ray cluster has no GPU; use device: auto or cpu")
+    use_gpu = inf.device == "cuda" or (inf.device == "auto" and has_gpu)
+    gpus = inf.gpus_per_actor if use_gpu else 0.0
+    max_actors = inf.max_actors
+    if max_actors == "auto":
+        max_actors = max(inf.min_actors, auto_pool_size(nodes, actor_resources(inf, gpus), inf.decode_cpus))
+    return Pool(
+        device="cuda" if use_gpu else "cpu",
+        gpus=gpus,
+        threads=inf.threads_per_actor or max(1, int(inf.cpus_per_actor)),
+        max_actors=max_actors,
+        decode={"auto": "gpu" if use_gpu else "cpu"}.get(inf.decode, inf.decode),
+        overlap=use_gpu if inf.overlap_commit is None else inf.overlap_commit,
+    )

@@ -201,12 +201,16 @@ def export_model(
     detections_per_image: int = 100,
     tolerance: float = PARITY_TOLERANCE,
     opset: int = ONNX_OPSET,
+    device: str = "cpu",
 ) -> ExportResult:
     """Export ``weights`` (a checkpoint URI, or torchvision weights of ``model``) to ``out`` as ``format``.
 
     check_images: image URIs for the parity check (real images: a few of the data the model will see);
     None uses synthetic images. ``out`` is a local path or any URI; ``OUT.categories.json`` is written beside.
     Raises :class:`ParityError` (nothing written) when the export does not reproduce the eager model.
+    ``device``: where the parity check runs the eager model and the TorchScript file (``cuda``: as ``detbatch
+    detect`` runs it on a GPU, in float32); the ONNX file runs in ONNX Runtime on CUDA when its CUDA provider
+    is installed, else on CPU. The file is written from the model on CPU either way.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -234,14 +238,16 @@ def export_model(
 
     with tempfile.TemporaryDirectory(prefix="detbatch-export-") as tmp:
         artifact = os.path.join(tmp, f"model.{'pt' if format == 'torchscript' else 'onnx'}")
+        # The reference first: exporting leaves the model in training mode (tracing's wrapper is a new module).
+        on_device = [t.to(device) for t in tensors]
+        reference = _predict_eager(loaded.model.to(device), on_device, batched=format == "torchscript")
+        loaded.model.to("cpu")
         if format == "torchscript":
-            reference = _predict_eager(loaded.model, tensors, batched=True)
             _write_torchscript(loaded.model, artifact, categories, metadata)
-            exported = _run_torchscript(artifact, tensors)
+            exported = _run_torchscript(artifact, on_device, device)
         else:
-            reference = _predict_eager(loaded.model, tensors, batched=False)
             _write_onnx(loaded.model, artifact, tensors[0], categories, metadata, opset)
-            exported = _run_onnx(artifact, tensors)
+            exported = _run_onnx(artifact, tensors, device)
         parity = compare_detections(
             reference, exported, [im.shape[:2] for im in images], tolerance, score_threshold, detections_per_image, names
         )
@@ -309,14 +315,14 @@ def _write_torchscript(model: "torch.nn.Module", path: str, categories: list[Any
     torch.jit.save(scripted, path, _extra_files=extra)
 
 
-def _run_torchscript(path: str, tensors: list["torch.Tensor"]) -> list[ImageDetections]:
+def _run_torchscript(path: str, tensors: list["torch.Tensor"], device: str = "cpu") -> list[ImageDetections]:
     import warnings
 
     import torch
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated")
-        module = torch.jit.load(path, map_location="cpu")
+        module = torch.jit.load(path, map_location=device)
         with torch.inference_mode():
             return [_as_numpy(d) for d in module(tensors)]
 
@@ -353,10 +359,18 @@ def _write_onnx(
     onnx.save(proto, path)
 
 
-def _run_onnx(path: str, tensors: list["torch.Tensor"]) -> list[ImageDetections]:
+def onnx_providers(device: str) -> list[str]:
+    """ONNX Runtime's providers for ``device``: CUDA first where the installed onnxruntime has it."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    cuda = device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+
+
+def _run_onnx(path: str, tensors: list["torch.Tensor"], device: str = "cpu") -> list[ImageDetections]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=onnx_providers(device))
     results = []
     for t in tensors:
         boxes, labels, scores = session.run(["boxes", "labels", "scores"], {"image": t.numpy()})

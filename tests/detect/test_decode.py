@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detbatch.detect.decode import ALPHA_BACKGROUND, decode_batch, decode_image, decode_sample, rgb_pixels
-from tests.helpers.images import png_bytes
+from detbatch.detect.decode import (
+    ALPHA_BACKGROUND,
+    ENCODED,
+    decode_batch,
+    decode_image,
+    decode_jpegs,
+    decode_sample,
+    rgb_pixels,
+)
+from tests.helpers.images import jpeg_bytes, png_bytes
 
 
 def _encoded(img: Image.Image, format: str = "PNG", **save) -> bytes:
@@ -194,3 +202,59 @@ def test_decode_sample_carries_the_read_error():
     array, error = decode_sample(png_bytes(size=(4, 3)), None)
     assert error is None and array.shape == (3, 4, 3)
     assert decode_sample(b"", None) == (None, "empty file")
+
+
+# --- inference.decode: gpu -------------------------------------------------------------------------------
+
+_JPEG = jpeg_bytes(seed=1)
+# Files of every route of the GPU decode: (name, bytes, left undecoded for the actor).
+_ROUTED = [
+    ("rgb", _JPEG, True),
+    ("grey", jpeg_bytes(mode="L", seed=2), True),
+    ("progressive 4:4:4", jpeg_bytes(seed=3, progressive=True, subsampling=0), True),
+    ("cmyk", jpeg_bytes(mode="CMYK", seed=4), False),  # nvJPEG has no Adobe CMYK: decoded on CPU
+    ("png", png_bytes(size=(9, 7)), False),
+    ("truncated", _JPEG[: len(_JPEG) // 2], False),  # no EOI marker: PIL's "truncated" error row
+    ("trailing bytes", _JPEG + b"\x00" * 16, False),
+    ("too large", jpeg_bytes(size=(200, 100), seed=5), False),  # over max_pixels, from the header
+    ("not an image", b"GIF89a nonsense", False),
+]
+
+
+def _batch(datas: list[bytes]) -> dict[str, np.ndarray]:
+    n = len(datas)
+    return {"unit": np.zeros(n, np.int64), "index": np.arange(n), "last": np.zeros(n, bool),
+            "uri": np.array([f"f{i}" for i in range(n)], object), "image_id": np.arange(n),
+            "data": np.array(datas, object), "error": np.array([None] * n, object)}
+
+
+def test_keep_jpeg_leaves_plain_jpegs_undecoded_and_decodes_the_rest_as_before():
+    batch = _batch([data for _, data, _ in _ROUTED])
+    cpu = decode_batch(batch, max_pixels=10_000).to_pydict()
+    kept = decode_batch(batch, max_pixels=10_000, keep_jpeg=True).to_pydict()
+    for i, (name, data, undecoded) in enumerate(_ROUTED):
+        if undecoded:
+            assert (kept["status"][i], kept["pixels"][i], kept["error"][i]) == (ENCODED, data, None), name
+            assert (kept["width"][i], kept["height"][i]) == (cpu["width"][i], cpu["height"][i]), name  # the header's
+        else:
+            assert {k: v[i] for k, v in kept.items()} == {k: v[i] for k, v in cpu.items()}, name
+    assert cpu["status"][3:5] == ["ok", "ok"]
+    assert cpu["error"][5].startswith("corrupt image: image file is truncated")
+    assert cpu["error"][7] == "image of 200x100 = 20000 pixels exceeds input.max_pixels=10000"
+
+
+def test_decode_jpegs_gives_the_cpu_decoders_pixels_and_errors():
+    """torchvision's decode_jpeg (here on CPU, as nvJPEG on a GPU) in one batch; a file it refuses sends the
+    batch to one-by-one decoding, and that file to decode_image: the same error as on the CPU path."""
+    header_only = _JPEG[: _JPEG.index(b"\xff\xda")] + b"\xff\xd9"  # passes the header checks, then has no scan: both decoders fail
+    datas = [data for _, data, undecoded in _ROUTED if undecoded]
+    for batch in (datas, [*datas[:2], header_only, datas[2]]):
+        decoded = decode_jpegs(batch, "cpu")
+        assert len(decoded) == len(batch)
+        for data, (pixels, error) in zip(batch, decoded):
+            expected, expected_error = decode_image(data)
+            if expected is None:
+                assert pixels is None and error == expected_error and error.startswith("corrupt image"), error
+                continue
+            assert error is None and not isinstance(pixels, np.ndarray)  # torchvision's [3, H, W], not the fallback's
+            np.testing.assert_array_equal(pixels.permute(1, 2, 0).numpy(), expected)  # libjpeg-turbo either way: bit-identical

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from detbatch.detect.decode import decode_batch
-from detbatch.detect.detector import SCORED_SCHEMA, Detector, select_device
+from detbatch.detect.decode import ENCODED
+from detbatch.detect.detector import SCORED_SCHEMA, Detector, _after_crash, select_device
 from detbatch.detect.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA, SUMMARY_SCHEMA, part_name
-from tests.helpers.images import png_bytes
+from tests.helpers.images import jpeg_bytes, png_bytes
 
 # The detector silences this for its own process (pixels arrive in read-only Arrow buffers), but pytest
 # resets warning filters around each test.
@@ -34,11 +35,11 @@ READ_ROWS = [
 ]
 
 
-def _decoded_batch() -> dict[str, np.ndarray]:
+def _decoded_batch(rows=READ_ROWS, keep_jpeg: bool = False) -> dict[str, np.ndarray]:
     """The rows as decode_batch writes them, in the numpy batch format Ray Data hands the actor."""
     keys = ("unit", "index", "last", "uri", "image_id", "data", "error")
-    read = {k: np.array([row[i] for row in READ_ROWS], dtype=object) for i, k in enumerate(keys)}
-    decoded = decode_batch(read)
+    read = {k: np.array([row[i] for row in rows], dtype=object) for i, k in enumerate(keys)}
+    decoded = decode_batch(read, keep_jpeg=keep_jpeg)
     return {name: decoded[name].to_numpy(zero_copy_only=False) for name in decoded.column_names}
 
 
@@ -148,6 +149,43 @@ def test_batch_without_an_ok_image_is_scored(detector):
     errors = {k: v[[2, 4]] for k, v in batch.items()}
     scored = detector.score(errors)
     assert scored.num_rows == 2 and scored.column("score").to_pylist() == [[], []]
+
+
+# --- inference.decode: gpu: JPEGs decoded in the actor ------------------------------------------------
+
+_JPEG = jpeg_bytes(size=(48, 40), seed=7)
+JPEG_ROWS = [
+    *READ_ROWS,
+    (0, 4, False, "in/f.jpg", 15, _JPEG, None),
+    (0, 5, False, "in/g.jpg", 16, jpeg_bytes(size=(30, 50), mode="L", seed=8), None),
+    (0, 6, False, "in/h.jpg", 17, jpeg_bytes(size=(40, 30), mode="CMYK", seed=9), None),  # decoded on CPU
+    (0, 7, False, "in/i.jpg", 18, _JPEG[: _JPEG.index(b"\xff\xda")] + b"\xff\xd9", None),  # no scan: the actor's decode fails, CPU's error
+    (0, 8, False, "in/j.jpg", 19, _JPEG[:300], None),  # truncated: the decode task's error row
+]
+
+
+def test_jpegs_decoded_in_the_actor_score_as_the_cpu_decoded_rows(detector):
+    kept = _decoded_batch(JPEG_ROWS, keep_jpeg=True)
+    assert list(kept["status"]).count(ENCODED) == 3  # f, g and i travel as files
+    on_cpu = detector.score(_decoded_batch(JPEG_ROWS)).to_pylist()
+    in_actor = detector.score(kept).to_pylist()
+    assert in_actor == on_cpu  # row for row: status, error, size, every box and score
+    rows = {row["uri"]: row for row in in_actor}
+    assert rows["in/i.jpg"]["status"] == "error" and rows["in/i.jpg"]["error"].startswith("corrupt image")
+    assert rows["in/j.jpg"]["error"].startswith("corrupt image")
+    assert [rows[u]["status"] for u in ("in/f.jpg", "in/g.jpg", "in/h.jpg")] == ["ok"] * 3
+    assert (rows["in/g.jpg"]["width"], rows["in/g.jpg"]["height"]) == (30, 50)
+
+
+def test_a_crash_outside_the_model_retries_the_same_rows():
+    """An attempt record that says its rows had left the model (overlap: the call was committing, or waiting
+    while the other call crashed the actor) is retried as it is; one still in the model is split."""
+    state = {"queue": [[0, 8], [8, 16]], "suspect": [], "crashed": []}
+    assert _after_crash({**state, "in_model": False}) == state
+    assert _after_crash(dict(state))["queue"] == [[0, 4], [4, 8], [8, 16]]
+    single = {"queue": [[3, 4]], "suspect": [3], "crashed": []}
+    assert _after_crash({**single, "in_model": False}) == single  # not marked crashed for another call's death
+    assert _after_crash(dict(single))["crashed"] == [3]
 
 
 # --- __call__: score, then commit ---------------------------------------------------------------------

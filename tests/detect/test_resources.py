@@ -9,7 +9,8 @@ import pytest
 
 from detbatch.config import ConfigError
 from detbatch.detect.driver import run_detect
-from detbatch.detect.resources import placement_problem
+from detbatch.detect.config import InferenceConfig
+from detbatch.detect.resources import auto_pool_size, placement_problem, resolve_pool
 from detbatch.errors import RunFailed
 
 TWO_CPUS = [{"CPU": 2.0, "memory": 1e9, "node:10.0.0.1": 1.0, "object_store_memory": 1e9}]
@@ -38,6 +39,47 @@ def test_decode_room_is_looked_for_on_every_node():
     nodes = [{"CPU": 2.0}, {"CPU": 1.0}]
     assert placement_problem(nodes, {"CPU": 1.0}, 2, {"CPU": 1.0}) is None
     assert placement_problem(nodes, {"CPU": 1.0}, 3, {"CPU": 1.0}) is not None
+
+
+# --- the pool a cluster gets: inference's auto settings ----------------------------------------------------
+
+GPU_NODES = [{"CPU": 16.0, "GPU": 2.0, "memory": 1e11}, {"CPU": 16.0, "GPU": 4.0, "accelerator_type:H200": 1.0},
+             {"CPU": 8.0}]
+
+
+def test_auto_pool_size_is_one_actor_per_gpu_and_cpus_but_decodes_on_cpu_nodes():
+    assert auto_pool_size(GPU_NODES, {"CPU": 2.0, "GPU": 1.0}, 1.0) == 6  # the CPU-only node holds none
+    assert auto_pool_size(GPU_NODES, {"CPU": 2.0, "GPU": 0.5}, 1.0) == 4 + 7  # (16 - 1) // 2 CPUs hold 7, not 8
+    assert auto_pool_size([{"CPU": 4.0, "GPU": 8.0}], {"CPU": 1.0, "GPU": 1.0}, 1.0) == 3  # CPUs run out first
+    # CPU nodes: every core but one decode task's, one single-threaded actor each (docs/detect.md)
+    assert auto_pool_size([{"CPU": 16.0}, {"CPU": 8.0}], {"CPU": 1.0}, 1.0) == 15 + 7
+    assert auto_pool_size(TWO_CPUS, {"CPU": 0.75}, 0.5) == 2  # the dev machine's measured layout
+    assert auto_pool_size(TWO_CPUS, {"CPU": 4.0}, 1.0) == 1  # at least one
+    assert auto_pool_size([{"CPU": 8.0, "slot": 1.0}, {"CPU": 8.0}], {"CPU": 1.0, "slot": 1.0}, 1.0) == 1
+
+
+def test_resolve_pool_on_gpu_and_cpu_clusters():
+    inf = InferenceConfig(max_actors="auto", cpus_per_actor=2)
+    gpu = resolve_pool(inf, GPU_NODES)
+    assert (gpu.device, gpu.gpus, gpu.max_actors, gpu.decode, gpu.overlap, gpu.threads) == ("cuda", 1.0, 6, "gpu", True, 2)
+    cpu = resolve_pool(inf, [{"CPU": 9.0}])
+    assert (cpu.device, cpu.gpus, cpu.max_actors, cpu.decode, cpu.overlap) == ("cpu", 0.0, 4, "cpu", False)
+    assert resolve_pool(InferenceConfig(max_actors="auto", min_actors=8), [{"CPU": 4.0}]).max_actors == 8
+    forced = resolve_pool(InferenceConfig(decode="gpu", overlap_commit=True, max_actors=3), [{"CPU": 4.0}])
+    assert (forced.device, forced.decode, forced.overlap, forced.max_actors) == ("cpu", "gpu", True, 3)
+    on_cpu = resolve_pool(InferenceConfig(device="cpu"), GPU_NODES)
+    assert (on_cpu.device, on_cpu.gpus, on_cpu.decode, on_cpu.overlap) == ("cpu", 0.0, "cpu", False)
+    with pytest.raises(ConfigError, match="inference.device is 'cuda' but the Ray cluster has no GPU"):
+        resolve_pool(InferenceConfig(device="cuda"), [{"CPU": 4.0}])
+
+
+def test_max_actors_takes_auto_or_a_number():
+    assert InferenceConfig(max_actors="auto").max_actors == "auto"
+    assert InferenceConfig(max_actors="4").max_actors == 4  # from --set
+    with pytest.raises(ValueError):
+        InferenceConfig(max_actors=0)
+    with pytest.raises(ValueError):
+        InferenceConfig(max_actors="many")
 
 
 @pytest.fixture

@@ -218,7 +218,7 @@ def test_nothing_is_written_when_parity_fails(checkpoint, coco128, tmp_path, mon
 
     monkeypatch.setattr(export, "_write_torchscript", lambda model, path, *args: open(path, "wb").close())
     empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32)}
-    monkeypatch.setattr(export, "_run_torchscript", lambda path, tensors: [empty for _ in tensors])
+    monkeypatch.setattr(export, "_run_torchscript", lambda path, tensors, device="cpu": [empty for _ in tensors])
     out = tmp_path / "detector.pt"
     with pytest.raises(ParityError, match=r"000000000072.jpg: the eager model's detection .* nothing was written"):
         export_model(checkpoint, "torchscript", str(out), check_images=[str(coco128 / "images" / CHECK_NAMES[0])])

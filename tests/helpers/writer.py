@@ -11,6 +11,9 @@ would need a job of its own and restart the actor the failpoint killed).
 ``--generation G``: a fenced-off zombie. It takes no lease and writes as generation ``G``, as an actor of a
 killed driver would; it stops with exit status 3 at the first :class:`~detbatch.detect.lease.LeaseLost`.
 ``--pace S`` sleeps S seconds before each call; ``--one-image-calls`` commits each image as a part of its own.
+``inference.decode: gpu`` in the values leaves plain JPEGs undecoded for the detector (which decodes them on
+CPU here); ``inference.overlap_commit: true`` runs two calls at once on one detector, in two threads, as
+the pool's actors do with ``max_concurrent_calls_per_actor=2``.
 
 stdout: ``committed UNIT START STOP`` after each call, flushed, so that a test can act between parts.
 """
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -38,7 +43,7 @@ FENCED_EXIT_CODE = 3
 
 
 def calls(listing: InputListing, images_per_unit: int, log: sink.CommitLog, one_image_calls: bool = False,
-          units: set[int] | None = None) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+          units: set[int] | None = None, keep_jpeg: bool = False) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
     """The detector calls a run over ``listing`` makes, after what ``log`` holds: ``(unit, batch)``, the batch
     as Ray Data hands it to the pool (decoded rows, numpy columns), one per unit or per image."""
     for unit in plan_units(listing, images_per_unit, None):
@@ -46,7 +51,7 @@ def calls(listing: InputListing, images_per_unit: int, log: sink.CommitLog, one_
             continue
         rows = list(read.read_unit(unit, None, log.skip(unit["unit"])))
         for call in ([r] for r in rows) if one_image_calls else [rows]:
-            decoded = decode_batch(pa.Table.from_pylist(call, schema=read.READ_SCHEMA).to_pydict())
+            decoded = decode_batch(pa.Table.from_pylist(call, schema=read.READ_SCHEMA).to_pydict(), keep_jpeg=keep_jpeg)
             yield unit, {name: decoded[name].to_numpy(zero_copy_only=False) for name in decoded.column_names}
 
 
@@ -57,7 +62,8 @@ def detector(config: DetectConfig, generation: int) -> Any:
     m = config.model
     return Detector(model=m.name, weights=m.weights, score_threshold=m.score_threshold,
                     detections_per_image=m.detections_per_image, device="cpu", threads=1,
-                    batch_size=config.inference.batch_size, output=config.output.uri, generation=generation)
+                    batch_size=config.inference.batch_size, output=config.output.uri, generation=generation,
+                    overlap=bool(config.inference.overlap_commit), max_pixels=config.input.max_pixels)
 
 
 def main(argv: list[str]) -> int:
@@ -74,18 +80,29 @@ def main(argv: list[str]) -> int:
         opened = open_output(config, listing)
         config, held, generation = opened.config, opened.lease, opened.lease.generation
     log = sink.read_commit_log(config.output.uri)
-    model = None
     images_per_unit = config.input.images_per_unit or config.output.rows_per_file
-    for unit, batch in calls(listing, images_per_unit, log, "--one-image-calls" in flags):
+    todo = calls(listing, images_per_unit, log, "--one-image-calls" in flags, keep_jpeg=config.inference.decode == "gpu")
+    model, started = None, threading.Lock()
+
+    def call(unit: dict[str, Any], batch: dict[str, np.ndarray]) -> None:
+        nonlocal model
         time.sleep(pace)
-        if model is None:  # torch is imported only now: a writer that dies before its first part is quick
-            model = detector(config, generation)
-        try:
-            model(batch)
-        except lease.LeaseLost as e:
-            print(f"fenced: {e}", file=sys.stderr, flush=True)
-            return FENCED_EXIT_CODE
+        with started:  # torch is imported only now: a writer that dies before its first part is quick
+            model = model or detector(config, generation)
+        model(batch)
         print("committed", unit["unit"], batch["index"][0], batch["index"][-1] + 1, flush=True)
+
+    try:
+        if config.inference.overlap_commit:
+            with ThreadPoolExecutor(2) as pool:  # results in order: the first LeaseLost is raised here
+                for done in [pool.submit(call, unit, batch) for unit, batch in todo]:
+                    done.result()
+        else:
+            for unit, batch in todo:
+                call(unit, batch)
+    except lease.LeaseLost as e:
+        print(f"fenced: {e}", file=sys.stderr, flush=True)
+        return FENCED_EXIT_CODE
     if held is not None:
         held.release()
     return 0
