@@ -199,7 +199,10 @@ def decode_batch(batch: dict[str, np.ndarray], max_pixels: int | None = None, ke
             errors.append(None)
         else:
             heights[i], widths[i] = array.shape[:2]
-            pixels.append(array.data)  # Arrow copies the buffer once; tobytes() would copy it twice
+            # bytes, not the array's memoryview: pyarrow 26 keeps every buffer-protocol object it converts
+            # to binary alive, so each decoded image leaked (~1 MB a COCO image, in every decode worker).
+            # The second copy costs ~0.1 ms for a COCO image, against ~5 ms to decode it.
+            pixels.append(array.tobytes())
             status.append("ok")
             errors.append(None)
     columns = {f.name: batch[f.name] for f in ROW_ID_FIELDS}
