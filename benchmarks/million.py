@@ -91,6 +91,8 @@ def main() -> None:
               "images_per_s": round(args.images / usage.wall_s, 1), "run_json_images_per_s": run["images_per_second"],
               "run_json_wall_s": run["wall_seconds"], "cpu_s": round(usage.cpu_s, 1),
               "driver_peak_anon_mib": round(usage.root_peak_anon_mib, 1), "by_kind": usage.by_kind(),
+              "largest": [{"title": p.title[:100], "peak_anon_mib": round(p.peak_anon_mib, 1), "cpu_s": round(p.cpu_s, 1)}
+                          for p in sorted(usage.procs.values(), key=lambda p: -p.peak_anon_mib)[:3]],
               **check_output(out), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     print(json.dumps(result), flush=True)
     if args.json:
