@@ -4,6 +4,7 @@ the synthetic sets of ``eval_speed.py``.
 
     python benchmarks/eval_diagnostics.py [--images 5000] [--repeat 2]
     python benchmarks/eval_diagnostics.py --images 1000000 --workdir /tmp/eb1m --cpus 2   # on a local Ray
+    python benchmarks/eval_diagnostics.py --one-category 10   # one category's reduce, 10 copies of the set's records
 
 COCO-sized (5,000 images, ~330k detections), two views: the library call in this process (match + reduce,
 then the confusion map), best of ``--repeat``; and end to end, each a fresh process through
@@ -75,6 +76,40 @@ def bench_library(gt_path: Path, run: Path, repeat: int) -> dict[str, float]:
     return out
 
 
+def bench_one_category(gt_path: Path, run: Path, copies: int) -> None:
+    """The reduce of one large category, as a 1M-image shard's biggest: every record of the set (matched
+    with the TIDE codes) relabelled as one category, ``copies`` times over with the image ids shifted, in
+    the order a reduce task gets them; the plain accumulation against the diagnostics' (COCO, thresholds,
+    TIDE), CPU seconds and peak traced memory (numpy's allocations) of each."""
+    import tracemalloc
+
+    from detbatch.evaluate import EvaluateConfig
+    from detbatch.evaluate.metric import metric_for
+    from detbatch.metrics import Detections, GroundTruth, MatchRecords, count_ground_truth
+    from detbatch.metrics.coco_reduce import accumulate_category
+
+    dataset, det = _load_set(gt_path, run)
+    gt = GroundTruth.from_coco(dataset)
+    dt = Detections(det["image_id"], det["category_id"], det["score"], np.stack([det[c] for c in ("x_min", "y_min", "x_max", "y_max")], 1))
+    metric = metric_for(EvaluateConfig())
+    records = metric.match(gt, dt)
+    shift = int(gt.image_ids.max()) + 1
+    one = MatchRecords.concat([
+        MatchRecords(np.ones(len(records), np.int64), records.image_id + i * shift, records.rank, records.score, records.tp, records.ignored)
+        for i in range(copies)
+    ])  # fmt: skip
+    num_gt = count_ground_truth(gt).sum(axis=0) * copies
+    print(f"one category of {len(one):,} records")
+    for name, fn in (("plain stats", accumulate_category), ("thresholds + TIDE errors too", metric.accumulate)):
+        tracemalloc.start()
+        cpu = time.process_time()
+        fn(one, num_gt)
+        cpu = time.process_time() - cpu
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"  {name:<30} {cpu:6.2f} CPU-s  peak {peak / 2**20:5.0f} MiB ({peak / len(one):.0f} B per record)")
+
+
 LARGE_SCRIPT = """
 import json, logging, sys, time
 import ray
@@ -105,7 +140,9 @@ def bench_large(work: Path, n_images: int, cpus: int, only: str | None = None) -
             continue
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", LARGE_SCRIPT, str(run), str(gt_path), str(work / "eval"), json.dumps(keys), str(cpus)],
-                              check=True, capture_output=True, text=True)
+                              capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{name}: the run failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
         seconds = time.perf_counter() - start
         r = json.loads(done.stdout.strip().splitlines()[-1])
         e = r["execution"]
@@ -125,7 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="large runs: keep the data here (default: a temp dir)")
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs for a large run")
     parser.add_argument("--only", choices=["plain", "diagnostics"], help="large runs: one of the two variants")
+    parser.add_argument("--one-category", type=int, metavar="COPIES", help="only the reduce of one category of COPIES x the set's records")
     args = parser.parse_args(argv)
+    if args.one_category:
+        with tempfile.TemporaryDirectory() as tmp:
+            gt_path, run, _, _ = write_dataset(Path(tmp), args.images)
+            bench_one_category(gt_path, run, args.one_category)
+        return
     if args.images > LARGE:
         work = args.workdir or Path(tempfile.mkdtemp(prefix="eval_diagnostics-"))
         work.mkdir(parents=True, exist_ok=True)

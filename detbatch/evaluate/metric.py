@@ -13,6 +13,7 @@ from detbatch.evaluate.config import EvaluateConfig
 from detbatch.metrics import coco, coco_reduce, thresholds, tide, voc
 from detbatch.metrics.coco import Detections, GroundTruth, MatchRecords, evaluated_detections
 from detbatch.metrics.confusion import confusion_matrix
+from detbatch.metrics.order import accumulation_order
 from detbatch.metrics.slices import Slices, accumulate_slices, slice_stats
 
 
@@ -47,7 +48,9 @@ def _with_errors(metric: Metric) -> Metric:
         return tide.error_records(gt, coco.matching(gt, dt))
 
     def accumulate(records: MatchRecords, counts: np.ndarray) -> tuple[Any, ...]:
-        return (*inner_accumulate(records, counts), tide.category_errors(records, counts))
+        # One sort of the category for all its sweeps (the inner accumulation takes ``order``).
+        order = accumulation_order(records, max_rank=coco.MAX_DETECTIONS[-1])
+        return (*inner_accumulate(records, counts, order=order), tide.category_errors(records, counts, order=order))
 
     def combine(category_ids: np.ndarray, gt_counts: np.ndarray, parts: dict[int, tuple[Any, ...]]) -> Any:
         # The last entry of a part counts its records: the transfers into a category are none of its detections.

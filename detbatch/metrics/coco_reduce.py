@@ -63,12 +63,14 @@ STAT_SPECS = (
 _EPS = np.spacing(1)  # pycocotools' tp / (fp + tp + np.spacing(1))
 
 
-def accumulate_category(records: MatchRecords, num_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def accumulate_category(records: MatchRecords, num_gt: np.ndarray, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall of one category, as ``COCOeval.accumulate``.
 
     Args:
         records: the category's match records, any order.
         num_gt: int [A], the category's counted ground truth per area range (:func:`count_ground_truth`).
+        order: their :func:`~detbatch.metrics.order.accumulation_order` below maxDets, when the caller
+            has it (the diagnostics sort once for every sweep of the category); else computed here.
 
     Returns:
         precision float64 [T, R, A, M] and recall float64 [T, A, M]; -1 where ``num_gt`` is 0.
@@ -76,7 +78,8 @@ def accumulate_category(records: MatchRecords, num_gt: np.ndarray) -> tuple[np.n
     t_n, r_n, a_n, m_n = NUM_THRESHOLDS, len(RECALL_THRESHOLDS), NUM_AREAS, len(MAX_DETECTIONS)
     precision = -np.ones((t_n, r_n, a_n, m_n))
     recall = -np.ones((t_n, a_n, m_n))
-    order = accumulation_order(records, max_rank=MAX_DETECTIONS[-1])  # only ranks below maxDets count
+    if order is None:
+        order = accumulation_order(records, max_rank=MAX_DETECTIONS[-1])  # only ranks below maxDets count
     rank = records.rank[order]
     all_thresholds = np.uint16((1 << t_n) - 1)
     for m, max_det in enumerate(MAX_DETECTIONS):

@@ -61,9 +61,11 @@ class CategoryThresholds:
     best: np.ndarray
 
 
-def category_thresholds(records: MatchRecords, num_gt: int) -> CategoryThresholds:
-    """:class:`CategoryThresholds` of one category's COCO match records (any order)."""
-    order = accumulation_order(records, max_rank=MAX_DETECTIONS[-1])
+def category_thresholds(records: MatchRecords, num_gt: int, order: np.ndarray | None = None) -> CategoryThresholds:
+    """:class:`CategoryThresholds` of one category's COCO match records (any order); ``order``: their
+    accumulation order below maxDets when the caller has it (shared with the COCO reduce)."""
+    if order is None:
+        order = accumulation_order(records, max_rank=MAX_DETECTIONS[-1])
     score = records.score[order].astype(np.float64)
     u_n, s_n = len(THRESHOLD_IOUS), len(SCORE_GRID)
     tp_grid, fp_grid = np.zeros((u_n, s_n), np.int64), np.zeros((u_n, s_n), np.int64)
@@ -143,12 +145,15 @@ def score_thresholds(category_ids: np.ndarray, per_category: list[CategoryThresh
     return per, (None if np.isnan(default) else float(default))
 
 
-def accumulate_with_thresholds(records: MatchRecords, num_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, CategoryThresholds]:
+def accumulate_with_thresholds(records: MatchRecords, num_gt: np.ndarray, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, CategoryThresholds]:
     """:func:`~detbatch.metrics.coco_reduce.accumulate_category` and :func:`category_thresholds` of one
-    category's records, in the same reduce."""
+    category's records, in the same reduce and from one sort (``order``: the accumulation order, when
+    the caller has it)."""
     from detbatch.metrics.coco_reduce import accumulate_category
 
-    return (*accumulate_category(records, num_gt), category_thresholds(records, int(num_gt[0])))
+    if order is None:
+        order = accumulation_order(records, max_rank=MAX_DETECTIONS[-1])
+    return (*accumulate_category(records, num_gt, order), category_thresholds(records, int(num_gt[0]), order))
 
 
 def combine_with_thresholds(category_ids: np.ndarray, gt_counts: np.ndarray, parts: dict[int, tuple[Any, ...]]) -> Any:

@@ -35,7 +35,7 @@ from detbatch.metrics.boxes import paired_iou, xyxy_to_xywh
 from detbatch.metrics.coco import MAX_DETECTIONS, RECALL_THRESHOLDS, Matching
 from detbatch.metrics.columns import GroundTruth, MatchRecords
 from detbatch.metrics.grouping import mean_valid, ragged_arange
-from detbatch.metrics.order import record_order
+from detbatch.metrics.order import descending_key, record_order
 
 # tidecv's defaults (TIDE(pos_threshold=0.5, background_threshold=0.1)): the IoU of a true positive (COCO's
 # first threshold, whose match is tp bit 0) and the IoU below which a detection covers no object.
@@ -147,24 +147,29 @@ def error_records(gt: GroundTruth, m: Matching) -> MatchRecords:
     return MatchRecords.concat([records, transfer])
 
 
-def _ap50(is_tp: np.ndarray, num_gt: int) -> float:
-    """AP at one IoU threshold of a sorted list of counted records (bool [L]: true positive), with ``num_gt``
-    ground truth: ``accumulate``'s expressions (coco_reduce), then the mean over the recall thresholds.
-    NaN when ``num_gt`` is 0 and the list is empty (no AP: the category leaves the mean, as in tidecv), 0
-    when ``num_gt`` is 0 and false positives remain (tidecv's AP of a class without ground truth)."""
+def _ap50_at(counted: np.ndarray, n_kept: int, num_gt: int) -> float:
+    """AP at one IoU threshold of a sorted list of ``n_kept`` counted records, from ``counted`` (int [P],
+    increasing): for each true positive, the records up to and including it (its 1-based place in the
+    list). ``accumulate``'s expressions (coco_reduce), then the mean over the recall thresholds. NaN when
+    ``num_gt`` is 0 and the list is empty (no AP: the category leaves the mean, as in tidecv), 0 when
+    ``num_gt`` is 0 and false positives remain (tidecv's AP of a class without ground truth)."""
     if num_gt == 0:
-        return float("nan") if len(is_tp) == 0 else 0.0
-    tp_at = np.flatnonzero(is_tp)
+        return float("nan") if n_kept == 0 else 0.0
     precision = np.zeros(len(RECALL_THRESHOLDS))
-    if len(tp_at):
-        j = np.arange(1, len(tp_at) + 1, dtype=np.float64)
-        pr = j / ((tp_at + 1).astype(np.float64) + _EPS)
+    if len(counted):
+        j = np.arange(1, len(counted) + 1, dtype=np.float64)
+        pr = j / (counted.astype(np.float64) + _EPS)
         rc = j / num_gt
         envelope = np.maximum.accumulate(pr[::-1])[::-1]
         at = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
         reached = at < len(rc)
         precision[reached] = envelope[at[reached]]
     return float(np.mean(precision))
+
+
+def _ap50(is_tp: np.ndarray, num_gt: int) -> float:
+    """:func:`_ap50_at` of a sorted list of counted records given as bool [L] (true positive)."""
+    return _ap50_at(np.flatnonzero(is_tp) + 1, len(is_tp), num_gt)
 
 
 @dataclass(frozen=True)
@@ -186,41 +191,109 @@ class CategoryErrors:
     transfers: int
 
 
-def category_errors(records: MatchRecords, num_gt: np.ndarray | int) -> CategoryErrors:
+# What each record is to the sweep of category_errors: its own true positives, its own false positives by
+# error code (localisation split by whether a fix makes it the true positive), the transfers into it, its
+# own false positives without a code; records that count nowhere (ignored, beyond maxDets) are _DROPPED.
+_G_TP, _G_LOC_BEST, _G_TRANSFER, _G_UNCODED = 0, 7, TRANSFER, 8
+_G_COUNT = 9
+_DROPPED = np.uint8(255)
+
+
+def _byte(bits: np.ndarray, i: int) -> np.ndarray:
+    """uint8 [N], byte ``i`` (0: lowest) of uint64 ``bits``, without a uint64 temporary."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint64)
+    return bits.view(np.uint8).reshape(-1, 8)[:, i if np.little_endian else 7 - i]
+
+
+def _sweep_positions(records: MatchRecords, group: np.ndarray, order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The records of the sweep (``group`` not dropped): their groups (uint8 [L]) and their places
+    (int64 [L]) in the list sorted by :func:`~detbatch.metrics.order.record_order`.
+
+    ``order``: the category's accumulation order (:func:`~detbatch.metrics.order.accumulation_order`,
+    ranks below maxDets), shared with the COCO reduce so that the category is sorted once: its own
+    records keep that order, and the transfers (ranked beyond maxDets, so not in it; few) are sorted on
+    their own and merged in by (score, image): a transfer's rank is above every own rank, so it follows
+    the own records of its score and image, as ``record_order`` puts it. Without ``order`` (or with
+    scores or image ids that do not pack into one uint64 key), one ``record_order`` of the list."""
+    transfer = np.flatnonzero(group == _G_TRANSFER)
+    score = records.score
+    packable = score.dtype == np.float32 and (len(records) == 0 or (int(records.image_id.min()) >= 0 and int(records.image_id.max()) < 2**32))
+    if order is None or not packable:
+        rows = np.flatnonzero(group != _DROPPED)
+        rows = rows[record_order(score[rows], records.image_id[rows], records.rank[rows])]
+        return group[rows], np.arange(len(rows))
+    own = order[group[order] != _DROPPED]
+    transfer = transfer[record_order(score[transfer], records.image_id[transfer], records.rank[transfer])]
+
+    def key(rows: np.ndarray) -> np.ndarray:
+        k = descending_key(score[rows]).astype(np.uint64)
+        k <<= np.uint64(32)
+        k |= records.image_id[rows].astype(np.uint64)
+        return k
+
+    inserted = np.searchsorted(key(own), key(transfer), side="right")  # own records before each transfer
+    own_at = np.arange(len(own)) + np.searchsorted(inserted, np.arange(len(own)), side="right")
+    return np.concatenate((group[own], group[transfer])), np.concatenate((own_at, inserted + np.arange(len(transfer))))
+
+
+def category_errors(records: MatchRecords, num_gt: np.ndarray | int, order: np.ndarray | None = None) -> CategoryErrors:
     """:class:`CategoryErrors` of one category's :func:`error_records` rows (any order); ``num_gt``: its
-    counted ground truth (an int, or the count row whose first entry is area ``all``)."""
+    counted ground truth (an int, or the count row whose first entry is area ``all``); ``order``: their
+    accumulation order when the caller has it (the COCO reduce's), else sorted here.
+
+    Every AP50 from positions in one sorted list: a fix removes some records from the list and turns
+    some into true positives, so each true positive's place in the fixed list is its place in the full
+    list less the removed records above it (a binary search in each removed group's sorted positions):
+    no per-record mask or copy per fix."""
     n_gt = int(np.asarray(num_gt).reshape(-1)[0])
-    code = error_codes(records)
-    kind = code & 7
-    transfer = kind == TRANSFER
-    counted = ~transfer & (records.rank < MAX_DETECTIONS[-1]) & ((records.ignored & _IN_AREA_ALL_50) == 0)
-    rows = np.flatnonzero(counted | transfer)
-    rows = rows[record_order(records.score[rows], records.image_id[rows], records.rank[rows])]
-    kind, best, own = kind[rows], (code[rows] & BEST) != 0, counted[rows]
-    tp = own & ((records.tp[rows] & _IN_AREA_ALL_50) != 0)
-    num_tp = int(tp.sum())
-    fixed_to_tp = int(np.count_nonzero(best & ((kind == LOC) | (kind == TRANSFER))))
+    code = _byte(records.tp, 7)
+    kind = code & np.uint8(7)
+    counted = (records.rank < MAX_DETECTIONS[-1]) & ((_byte(records.ignored, 0) & np.uint8(1)) == 0) & (kind != TRANSFER)
+    is_tp = (_byte(records.tp, 0) & np.uint8(1)) != 0
+    group = np.where(kind == TRANSFER, np.uint8(_G_TRANSFER), _DROPPED)
+    group[counted] = kind[counted]
+    group[counted & (kind == 0)] = _G_UNCODED
+    group[counted & is_tp] = _G_TP
+    group[counted & (kind == LOC) & ((code & np.uint8(BEST)) != 0)] = _G_LOC_BEST
+    del code, kind, counted, is_tp
+    group, place = _sweep_positions(records, group, order)
+    # The sorted positions of each group's records: one O(N) stable sort of a byte, int32 where they fit.
+    by_group = np.argsort(group, kind="stable")
+    place = place[by_group].astype(np.int32 if len(place) < 2**31 else np.int64)
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(group, minlength=256)[:_G_COUNT])))
+    at = [place[bounds[g] : bounds[g + 1]] for g in range(_G_COUNT)]  # each increasing: a group is own records or transfers
+    del group, by_group, place
+    n = [len(a) for a in at]
+    num_tp = n[_G_TP]
+    num_own = sum(n) - n[_G_TRANSFER]
+    fixed_to_tp = n[_G_LOC_BEST] + n[_G_TRANSFER]
     missed = n_gt - num_tp - fixed_to_tp
 
-    def ap(keep: np.ndarray, is_tp: np.ndarray, n: int = n_gt) -> float:
-        return _ap50(is_tp[keep], n)
+    def ap(positives: tuple[int, ...], removed: tuple[int, ...], n_truth: int = n_gt) -> float:
+        """AP50 of the sorted list less the groups ``removed``, with the groups ``positives`` true positives."""
+        pos = at[positives[0]] if len(positives) == 1 else np.sort(np.concatenate([at[g] for g in positives]))
+        place = pos.astype(np.int64) + 1
+        for g in removed:
+            if n[g]:
+                place -= np.searchsorted(at[g], pos)
+        kept = num_own + n[_G_TRANSFER] - sum(n[g] for g in removed)
+        return _ap50_at(place, kept, n_truth)
 
     if n_gt == 0:  # outside COCO's mean, with or without fixes
         aps = np.full(1 + len(ERROR_TYPES) + len(SPECIAL_TYPES), np.nan)
     else:
-        moved_in = kind == TRANSFER
-        everything_first = np.arange(int(own.sum())) < num_tp  # every true positive ranked first
+        tr = (_G_TRANSFER,)
         aps = np.array([
-            ap(own, tp),
-            ap((own & (kind != CLS)) | moved_in, tp | moved_in),  # classification
-            ap(own & ((kind != LOC) | best), tp | ((kind == LOC) & best)),  # localisation
-            *(ap(own & (kind != k), tp) for k in (BOTH, DUPE, BKG)),
-            ap(own, tp, n_gt - missed),  # missed
-            _ap50(everything_first, n_gt),  # false positives
-            ap(own, tp, num_tp),  # false negatives
+            ap((_G_TP,), tr),
+            ap((_G_TP, _G_TRANSFER), (CLS,)),  # classification: its errors gone, the transfers in
+            ap((_G_TP, _G_LOC_BEST), (LOC, _G_TRANSFER)),  # localisation
+            *(ap((_G_TP,), (k, _G_TRANSFER)) for k in (BOTH, DUPE, BKG)),
+            ap((_G_TP,), tr, n_gt - missed),  # missed
+            _ap50_at(np.arange(1, num_tp + 1), num_own, n_gt),  # false positives: every true positive first
+            ap((_G_TP,), tr, num_tp),  # false negatives
         ])  # fmt: skip
-    counts = np.array([np.count_nonzero(own & (kind == k)) for k in (CLS, LOC, BOTH, DUPE, BKG)] + [missed], dtype=np.int64)
-    return CategoryErrors(n_gt, counts, aps, int(transfer.sum()))
+    counts = np.array([n[CLS], n[LOC] + n[_G_LOC_BEST], n[BOTH], n[DUPE], n[BKG], missed], dtype=np.int64)
+    return CategoryErrors(n_gt, counts, aps, n[_G_TRANSFER])
 
 
 def accumulate_errors(records: MatchRecords, num_gt: np.ndarray) -> tuple[CategoryErrors]:

@@ -11,9 +11,10 @@ import pytest
 from detbatch.metrics import Detections, GroundTruth, MatchRecords, count_ground_truth, evaluate_coco
 from detbatch.metrics.coco import RECALL_THRESHOLDS, matching
 from detbatch.metrics.grouping import accumulate_by_category, every_category
+from detbatch.metrics.order import accumulation_order, record_order
 from detbatch.metrics.tide import (
-    BEST, BKG, BOTH, CLS, DUPE, ERROR_TYPES, LOC, SPECIAL_TYPES, TRANSFER, accumulate_errors, error_codes,
-    error_records, errors_dict, evaluate_errors,
+    BEST, BKG, BOTH, CLS, DUPE, ERROR_TYPES, LOC, SPECIAL_TYPES, TRANSFER, _ap50, accumulate_errors, category_errors,
+    error_codes, error_records, errors_dict, evaluate_errors,
 )  # fmt: skip
 
 from tests.helpers.oracle import adversarial_coco, tie_order
@@ -104,6 +105,60 @@ def test_base_ap50_is_coco_ap50_bit_for_bit_and_the_map_is_a_map_over_images():
     for a, (b, _) in zip(whole.per_category, rows):
         np.testing.assert_array_equal(a.ap, b.ap)
         np.testing.assert_array_equal(a.counts, b.counts)
+
+
+def _masked_category_errors(records, n_gt):
+    """The reduce written the plain way, as an oracle: one sorted list, each fix as a mask over it."""
+    code = error_codes(records)
+    kind, best = code & 7, (code & BEST) != 0
+    own = (kind != TRANSFER) & (records.rank < 100) & ((records.ignored & np.uint64(1)) == 0)
+    rows = np.flatnonzero(own | (kind == TRANSFER))
+    rows = rows[record_order(records.score[rows], records.image_id[rows], records.rank[rows])]
+    kind, best, own = kind[rows], best[rows], own[rows]
+    tp, moved = own & ((records.tp[rows] & np.uint64(1)) != 0), kind == TRANSFER
+    missed = n_gt - int(tp.sum()) - int((best & ((kind == LOC) | moved)).sum())
+    aps = [_ap50(tp[own], n_gt), _ap50((tp | moved)[(own & (kind != CLS)) | moved], n_gt),
+           _ap50((tp | ((kind == LOC) & best))[own & ((kind != LOC) | best)], n_gt),
+           *(_ap50(tp[own & (kind != k)], n_gt) for k in (BOTH, DUPE, BKG)), _ap50(tp[own], n_gt - missed),
+           _ap50(np.arange(int(own.sum())) < int(tp.sum()), n_gt), _ap50(tp[own], int(tp.sum()))]  # fmt: skip
+    counts = [int((own & (kind == k)).sum()) for k in (CLS, LOC, BOTH, DUPE, BKG)] + [missed]
+    return np.array(aps), counts, int(moved.sum())
+
+
+@pytest.mark.parametrize("seed", [3, 7])
+def test_the_position_sweep_equals_masked_lists_with_and_without_the_shared_order(seed):
+    """The reduce's AP50s from positions in one sort (the COCO reduce's, transfers merged in, or its own)
+    equal each fix applied as a mask to the sorted list, on records in any order; scores rounded to a
+    few values so that transfers tie own records of their image and score (they must come after them)."""
+    dataset, dt = adversarial_coco(seed)
+    dt = Detections(dt.image_id, dt.category_id, np.round(dt.score * 4).astype(np.float32) / 4, dt.boxes)
+    gt = GroundTruth.from_coco(dataset)
+    records = error_records(gt, matching(gt, dt))
+    records = records.take(np.random.default_rng(seed).permutation(len(records)))  # any order
+    counts = count_ground_truth(gt)
+    transfers = 0
+    for k, cat in enumerate(gt.category_ids):
+        mine = records.take(np.flatnonzero(records.category_id == cat))
+        aps, errors, moved = _masked_category_errors(mine, int(counts[k, 0]))
+        transfers += moved
+        for order in (None, accumulation_order(mine, max_rank=100)):
+            c = category_errors(mine, counts[k], order)
+            np.testing.assert_array_equal(c.ap, aps if c.num_gt else np.full(9, np.nan))
+            assert c.counts.tolist() == errors and c.transfers == moved
+    assert transfers > 0
+
+
+def test_a_transfer_follows_the_own_records_of_its_score_and_image():
+    """A dog box on a cat (classification) ties a cat box on nothing (background) in score and image: fixed,
+    the cat list is 0.9 TP, 0.8 FP, 0.8 TP (rank decides: the transfer's is beyond every own rank)."""
+    anns = [_ann(1, 1, 1, [0, 0, 10, 10]), _ann(2, 2, 1, [0, 0, 10, 10]), _ann(3, 1, 2, [50, 50, 10, 10])]
+    gt = GroundTruth.from_coco({"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1}, {"id": 2}], "annotations": anns})
+    dt = _detections([(1, 2, 0.8, [0, 0, 10, 10]), (1, 1, 0.8, [100, 100, 10, 10]), (2, 1, 0.9, [0, 0, 10, 10])])
+    records = error_records(gt, matching(gt, dt))
+    cat = records.take(np.flatnonzero(records.category_id == 1))
+    for order in (None, accumulation_order(cat, max_rank=100)):
+        c = category_errors(cat, 2, order)
+        assert c.ap[1] == pytest.approx(51 / R + 50 / R * 2 / 3)  # classification fixed: P 1 at R 1/2, 2/3 at R 1
 
 
 # ------------------------------------------------------------------------------------------ against tidecv
