@@ -29,21 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_shards(folder: Path, n: int, per_shard: int, distinct: int = 256) -> int:
-    """``n`` PNG members in tar shards of ``per_shard``; returns the number of shards."""
-    import numpy as np
-    from PIL import Image
+    """``n`` PNG members (32×32 noise, ``pipeline_overhead.png_pool``) in tar shards of ``per_shard``;
+    returns the number of shards."""
+    from pipeline_overhead import png_pool
 
     shards = -(-n // per_shard)
     if folder.exists() and len(list(folder.glob("*.tar"))) == shards:
         return shards
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    pool = []
-    for _ in range(distinct):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-        pool.append(buf.getvalue())
+    pool = png_pool(distinct, 32)
     for s in range(shards):
         with tarfile.open(folder / f"shard-{s:06d}.tar", "w") as tar:
             for i in range(s * per_shard, min(n, (s + 1) * per_shard)):

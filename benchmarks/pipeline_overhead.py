@@ -31,21 +31,27 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE = 32
 
 
-def write_images(folder: Path, n: int, distinct: int = 256) -> None:
-    """``n`` PNG files of ``SIZE``×``SIZE`` noise (``distinct`` different images, repeated), in one folder."""
+def png_pool(distinct: int = 256, size: int = SIZE) -> list[bytes]:
+    """``distinct`` PNGs of ``size``×``size`` noise (seeded): the images the benchmarks repeat."""
     import numpy as np
     from PIL import Image
 
-    if folder.exists() and len(list(folder.iterdir())) == n:
-        return
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     pool = []
     for _ in range(distinct):
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(buf, format="PNG")
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
         pool.append(buf.getvalue())
+    return pool
+
+
+def write_images(folder: Path, n: int, distinct: int = 256) -> None:
+    """``n`` PNG files of ``SIZE``×``SIZE`` noise (``distinct`` different images, repeated), in one folder."""
+    if folder.exists() and len(list(folder.iterdir())) == n:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    pool = png_pool(distinct)
     for i in range(n):
         (folder / f"{i:08d}.png").write_bytes(pool[i % distinct])
 
