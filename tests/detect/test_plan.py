@@ -28,7 +28,7 @@ def _no_listing(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the input was listed (or planned) again")
 
-    monkeypatch.setattr(driver, "list_input", refuse)
+    monkeypatch.setattr(plan, "list_input", refuse)  # where the listing is made (plan.listing_or_plan)
     monkeypatch.setattr(driver, "unit_rows", refuse)
 
 
@@ -69,11 +69,11 @@ def test_a_rerun_resumes_from_the_plan_without_listing(store, clean, monkeypatch
     real = units.list_input(store.input)
     gone, added = real.uris[0], storage.join(store.input, "zz-new.png")
     changed = dataclasses.replace(real, uris=(*real.uris[1:], added), versions=(*real.versions[1:], "9:x"))
-    monkeypatch.setattr(driver, "list_input", lambda *a, **k: changed)
+    monkeypatch.setattr(plan, "list_input", lambda *a, **k: changed)
     with pytest.raises(InputError, match=rf"--verify-input: .* changed since .*: 1 added \({added}\); "
                                          rf"1 removed \({gone}\); use another --output, or --overwrite"):
         run_detect(detect_config(store, out, **{"input.verify": True}))
-    monkeypatch.setattr(driver, "list_input", lambda *a, **k: real)
+    monkeypatch.setattr(plan, "list_input", lambda *a, **k: real)
     assert run_detect(detect_config(store, out, **{"input.verify": True})).already_complete
 
 
