@@ -104,16 +104,16 @@ def check_location(output: str, input_uri: str, overwrite: bool) -> None:
                           f"inside the bucket (s3://bucket/runs/001)")
 
 
-def _is_detbatch_output(output: str) -> bool:
-    return bool(storage.list_names(storage.join(output, DETBATCH_DIR)))
-
-
 def _check_owned_or_empty(output: str, overwrite: bool) -> bool:
-    """Whether ``output`` is a detbatch output; raise if it is neither that nor empty."""
-    if _is_detbatch_output(output):
+    """Whether ``output`` is a detbatch output (it holds ``_detbatch/``); raise if it is neither that nor empty.
+
+    One listing of ``output`` decides (hidden names too: a folder of ``.DS_Store`` is not empty). A driver
+    starting on the same output at the same moment writes ``_detbatch/`` first, so it is seen whole or not
+    at all: as a detbatch output (the lease then says who writes it), never as someone else's files."""
+    names = storage.list_names(output, hidden=True)
+    if DETBATCH_DIR in names:
         return True
-    fs, path = storage.resolve(output)
-    if storage.list_names(output) or storage.retrying(lambda: fs.exists(path) and fs.ls(path), f"{output}: listing"):
+    if names:
         what = "--overwrite only replaces a detbatch output (one that holds _detbatch/)" if overwrite else \
             "choose an empty --output"
         raise ConfigError(f"{output} is not empty and holds no detbatch run; {what}. Nothing was deleted")

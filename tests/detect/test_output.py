@@ -227,3 +227,30 @@ def test_local_crash_leftovers_are_not_counted(tmp_path_factory, s3_endpoint, ra
     assert summary.images_resumed == 6 and summary.images_processed == NUM_INPUTS - 6
     assert_same_as_clean(out, clean)
     check_invariants(out)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_driver_starting_at_the_same_moment_is_not_taken_for_foreign_files(where, tmp_path, request, monkeypatch):
+    """Another driver's first write (its lease, under _detbatch/) lands while this one looks at the output:
+    the output is a detbatch output or an empty one, never "not empty and holds no detbatch run" (seen in
+    test_lease.py::test_two_drivers_started_at_once[s3] when the look took two listings)."""
+    from detbatch.detect.output import _check_owned_or_empty
+
+    out = str(tmp_path / "out") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/out"
+    other_lease = storage.join(out, "_detbatch", "lease", "0000000001.json")
+    real = storage.list_names
+
+    def racing(uri, hidden=False):  # each listing returns, then the other driver writes its lease
+        names = real(uri, hidden)
+        if not storage.exists(other_lease):
+            storage.write_text(other_lease, "{}")
+        return names
+
+    monkeypatch.setattr(storage, "list_names", racing)
+    assert _check_owned_or_empty(out, overwrite=False) is False  # empty when it looked: the lease decides next
+    monkeypatch.undo()
+    assert _check_owned_or_empty(out, overwrite=False) is True  # and a detbatch output from then on
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / ".DS_Store").write_bytes(b"")
+    with pytest.raises(ConfigError, match="is not empty and holds no detbatch run; choose an empty --output"):
+        _check_owned_or_empty(str(tmp_path / "foreign"), overwrite=False)
