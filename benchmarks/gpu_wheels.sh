@@ -8,15 +8,13 @@
 #   .gpu/part2/   the rest of it, the small wheels, images/ (32 COCO128 .jpg, 5 MB)
 #
 #   benchmarks/gpu_wheels.sh [REPO]  # once, where pip reaches PyPI; REPO: the checkout the device tool sends
-#                                    # (default: this script's); .gpu/ is git-ignored through the repository's
-#                                    # info/exclude (not .gitignore)
+#                                    # (default: this script's); .gpu/ is git-ignored (.gitignore), which
+#                                    # also keeps it out of `ray job submit` uploads
 # Versions: those this repo's venv is tested with (ray 2.60.0 and its needs). docs/benchmarks.md, "GPU
 # figures", says how the two device calls use the folders.
 set -euo pipefail
 cd "${1:-$(dirname "$0")/..}"
 PYTHON=${PYTHON:-.venv/bin/python}
-exclude="$(git rev-parse --git-common-dir)/info/exclude"
-grep -qx '/.gpu/' "$exclude" 2>/dev/null || { mkdir -p "$(dirname "$exclude")"; echo '/.gpu/' >> "$exclude"; }
 rm -rf .gpu/part1 .gpu/part2 .gpu/download
 mkdir -p .gpu/part1 .gpu/part2/images .gpu/download
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
