@@ -51,3 +51,39 @@ def pairwise_iou(dt: np.ndarray, gt: np.ndarray, gt_crowd: np.ndarray | None = N
     crowd = np.zeros(g, dtype=bool) if gt_crowd is None else np.asarray(gt_crowd, dtype=bool)
     di, gi = np.repeat(np.arange(d), g), np.tile(np.arange(g), d)
     return paired_iou(dt[di], gt[gi], crowd[gi]).reshape(d, g)
+
+
+def overlapping_pairs(dt: np.ndarray, gt: np.ndarray, det: np.ndarray, gts: np.ndarray, min_iou: float,
+                      gt_crowd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The pairs ``(det[k], gts[k])`` whose IoU reaches ``min_iou`` (> 0), and their IoUs.
+
+    The same float64 operations as :func:`paired_iou`, so the same bits, but cheaper where most pairs do not
+    overlap (every detection of an image against all its ground truth): the far corners and areas are
+    computed once per box, and a pair is dropped as soon as its boxes are apart along x, then along y.
+
+    Args:
+        dt, gt: float64 [D, 4] and [G, 4] xywh, pixels.
+        det, gts: int [E], the pairs, as rows of ``dt`` and ``gt``.
+        min_iou: the IoU a pair must reach (> 0).
+        gt_crowd: bool [G] or None; a crowd ground truth gives intersection / detection area.
+
+    Returns:
+        (int64 [K] places in ``det``/``gts`` of the pairs kept, in order; float64 [K] their IoUs).
+    """
+    dx, dy, dw, dh = dt[:, 0], dt[:, 1], dt[:, 2], dt[:, 3]
+    gx, gy, gw, gh = gt[:, 0], gt[:, 1], gt[:, 2], gt[:, 3]
+    at = np.arange(len(det))
+    w = np.minimum((dw + dx)[det], (gw + gx)[gts]) - np.maximum(dx[det], gx[gts])
+    at, w = at[w > 0], w[w > 0]
+    d, g = det[at], gts[at]
+    h = np.minimum((dh + dy)[d], (gh + gy)[g]) - np.maximum(dy[d], gy[g])
+    apart = h > 0
+    at, w, h, d, g = at[apart], w[apart], h[apart], d[apart], g[apart]
+    inter = w * h
+    det_area = (dw * dh)[d]
+    union = det_area + (gw * gh)[g] - inter
+    if gt_crowd is not None:
+        union = np.where(gt_crowd[g], det_area, union)
+    iou = inter / union
+    reach = iou >= min_iou
+    return at[reach], iou[reach]

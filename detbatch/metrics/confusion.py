@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detbatch.metrics.boxes import paired_iou, xyxy_to_xywh
+from detbatch.metrics.boxes import overlapping_pairs, xyxy_to_xywh
 from detbatch.metrics.columns import Detections, GroundTruth, evaluated_detections
 from detbatch.metrics.grouping import ragged_arange
 from detbatch.metrics.order import detection_order
@@ -89,9 +89,8 @@ def confusion_matrix(gt: GroundTruth, dt: Detections, score_threshold: np.ndarra
     g_image = np.searchsorted(gt.image_ids, gt.image_id)
     g_order = np.argsort(g_image, kind="stable")
     det, g = _image_edges(image, g_image[g_order], g_order)
-    edge_iou = paired_iou(xyxy_to_xywh(dt.boxes)[det], gt.boxes[g], gt.iscrowd[g])
-    reach = edge_iou >= iou
-    det, g, edge_iou = det[reach], g[reach], edge_iou[reach]
+    reach, edge_iou = overlapping_pairs(xyxy_to_xywh(dt.boxes), gt.boxes, det, g, iou, gt.iscrowd)
+    det, g = det[reach], g[reach]
     crowd = gt.iscrowd[g]
     same = dk[det] == gk[g]
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from detbatch.metrics.boxes import paired_iou, xyxy_to_xywh
+from detbatch.metrics.boxes import overlapping_pairs, xyxy_to_xywh
 from detbatch.metrics.coco import MAX_DETECTIONS, RECALL_THRESHOLDS, Matching
 from detbatch.metrics.columns import GroundTruth, MatchRecords
 from detbatch.metrics.grouping import mean_valid, ragged_arange
@@ -106,9 +106,16 @@ def error_records(gt: GroundTruth, m: Matching) -> MatchRecords:
         c = count[has]
         e_det = np.repeat(has, c)
         e_gt = rows[np.repeat(first[has], c) + ragged_arange(c)]
-        iou = paired_iou(boxes[e_det], gt_xywh[e_gt], np.zeros(len(e_gt), dtype=bool))
+        # Only pairs of IoU >= BACKGROUND_IOU can change a code: a false positive with none is background
+        # (the default), and every test below is >= 0.1 or, for background, <= 0.1 of the largest IoU,
+        # which such a pair holds. Most pairs of an image do not overlap at all, so this keeps few.
+        near, iou = overlapping_pairs(boxes, gt_xywh, e_det, e_gt, BACKGROUND_IOU)
+        e_det, e_gt = e_det[near], e_gt[near]
+        if len(e_det) == 0:
+            continue
+        start = np.flatnonzero(np.concatenate(([True], e_det[1:] != e_det[:-1])))
+        has, c = e_det[start], np.diff(np.append(start, len(e_det)))
         same = records.category_id[f[e_det]] == gt.category_id[e_gt]
-        start = np.cumsum(c) - c
         # tidecv multiplies IoUs by a 0/1 mask, so a category without ground truth here has best IoU 0
         same_best, same_at = _segment_best(np.where(same, iou, 0.0), start, c)
         other_best, other_at = _segment_best(np.where(same, 0.0, iou), start, c)

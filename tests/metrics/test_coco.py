@@ -176,6 +176,27 @@ def test_iou_is_bit_identical_to_pycocotools():
     assert pairwise_iou(dt, gt, crowd).tobytes() == np.asarray(expected, dtype=np.float64).tobytes()
 
 
+@pytest.mark.parametrize("min_iou", [0.1, 0.5, 0.75])
+def test_overlapping_pairs_keep_exactly_the_pairs_that_reach_with_pycocotools_bits(min_iou):
+    """The sparse IoU of the TIDE and confusion maps: the same pairs and bits as pycocotools' dense matrix,
+    on boxes with shared edges (apart by 0 px along x or y) and crowds."""
+    from pycocotools import mask
+
+    from detbatch.metrics.boxes import overlapping_pairs
+
+    rng = np.random.default_rng(2)
+    dt = xyxy_to_xywh(np.sort(rng.integers(0, 40, (60, 2, 2)), axis=1).transpose(0, 2, 1).reshape(60, 4).astype(np.float32))
+    gt = rng.integers(0, 30, (25, 4)).astype(np.float64) + 1
+    crowd = rng.random(25) < 0.3
+    dense = np.asarray(mask.iou(dt.tolist(), gt.tolist(), crowd.astype(np.uint8).tolist()), dtype=np.float64)
+    det, gts = np.repeat(np.arange(60), 25), np.tile(np.arange(25), 60)
+    at, iou = overlapping_pairs(dt, gt, det, gts, min_iou, crowd)
+    expected = np.flatnonzero(dense.ravel() >= min_iou)
+    assert 0 < len(expected) < len(det)
+    assert at.tolist() == expected.tolist()
+    assert iou.tobytes() == dense.ravel()[expected].tobytes()
+
+
 def test_coco128_real_ground_truth_with_perturbed_detections(coco128):
     dataset = json.loads((coco128 / "annotations" / "instances.json").read_text())
     rng = np.random.default_rng(0)
