@@ -152,7 +152,8 @@ def bench_large(work: Path, n_images: int, cpus: int, only: str | None = None) -
               f"peak private per task {e['peak_private_mib_task']:.0f} MiB; AP {r['AP']:.4f}")
         for stage, st in e["stages"].items():
             print(f"  {stage:<9} {st['tasks']:4d} tasks, {st['task_seconds']:7.1f} task-s ({st['task_cpu_seconds']:.1f} CPU), "
-                  f"peak RSS {st['peak_rss_mib']:.0f} MiB, private per task {st['peak_private_mib']:.0f} MiB")
+                  f"peak RSS {st['peak_rss_mib']:.0f} MiB, private per task {st['peak_private_mib']:.0f} MiB "
+                  f"(the task's own rise {st['private_rise_mib']:.0f})")
 
 
 def main(argv: list[str] | None = None) -> None:

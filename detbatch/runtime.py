@@ -148,7 +148,8 @@ def peak_rss_mib() -> float:
 
 class PrivateMemoryPeak:
     """Peak private (anonymous) resident memory of this process while the ``with`` block runs, MiB,
-    sampled every 50 ms (``peak_mib``; 0 where /proc is missing).
+    sampled every 50 ms (``peak_mib``; 0 where /proc is missing), and at the start (``start_mib``): what the
+    block itself added is ``peak_mib - start_mib``.
 
     A Ray worker's VmHWM also counts the shared object-store pages of every object it ever read or wrote;
     its private memory is what a task itself needs.
@@ -156,6 +157,7 @@ class PrivateMemoryPeak:
 
     def __init__(self) -> None:
         self.peak_mib = 0.0
+        self.start_mib = 0.0  # at ``__enter__``: a reused worker's heap from its earlier tasks is in peak_mib too
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -166,6 +168,7 @@ class PrivateMemoryPeak:
                 return
 
     def __enter__(self) -> PrivateMemoryPeak:
+        self.start_mib = self.peak_mib = proc_status_mib("RssAnon") or 0.0
         self._thread.start()
         return self
 

@@ -62,6 +62,8 @@ def test_private_memory_peak_sees_an_allocation_freed_inside_the_block():
         del block
     assert proc_status_mib("RssAnon") < before + size_mib / 2  # freed again: only a sample saw it
     assert memory.peak_mib >= before + size_mib * 0.9
+    assert abs(memory.start_mib - before) < size_mib / 4  # the rise is the block's own, not what came before
+    assert memory.peak_mib - memory.start_mib >= size_mib * 0.9
 
 
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret", "AWS_SESSION_TOKEN": "fake-token"}

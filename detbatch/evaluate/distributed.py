@@ -53,6 +53,7 @@ def _task_stats(started: tuple[float, float], memory: PrivateMemoryPeak, **extra
         "cpu_seconds": time.process_time() - started[1],
         "peak_rss_mib": peak_rss_mib(),
         "peak_private_mib": memory.peak_mib,
+        "private_rise_mib": memory.peak_mib - memory.start_mib,
         **extra,
     }
 
@@ -134,6 +135,7 @@ def _stage_summary(stats: list[dict[str, Any]]) -> dict[str, Any]:
         "task_cpu_seconds": round(sum(s["cpu_seconds"] for s in stats), 2),
         "peak_rss_mib": round(max((s["peak_rss_mib"] for s in stats), default=0.0), 1),
         "peak_private_mib": round(max((s["peak_private_mib"] for s in stats), default=0.0), 1),
+        "private_rise_mib": round(max((s["private_rise_mib"] for s in stats), default=0.0), 1),
     }
 
 
