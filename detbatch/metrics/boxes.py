@@ -70,6 +70,8 @@ def overlapping_pairs(dt: np.ndarray, gt: np.ndarray, det: np.ndarray, gts: np.n
     Returns:
         (int64 [K] places in ``det``/``gts`` of the pairs kept, in order; float64 [K] their IoUs).
     """
+    if not min_iou > 0:
+        raise ValueError(f"min_iou must be > 0, got {min_iou}: pairs that do not overlap (IoU 0) are never kept")
     dx, dy, dw, dh = dt[:, 0], dt[:, 1], dt[:, 2], dt[:, 3]
     gx, gy, gw, gh = gt[:, 0], gt[:, 1], gt[:, 2], gt[:, 3]
     at = np.arange(len(det))

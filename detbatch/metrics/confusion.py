@@ -67,7 +67,7 @@ def confusion_matrix(gt: GroundTruth, dt: Detections, score_threshold: np.ndarra
 
     Args:
         score_threshold: float64 [K], per category of ``gt.category_ids``: detections of score >= it count.
-        iou: the IoU a match must reach.
+        iou: the IoU a match must reach (> 0).
 
     Returns:
         rows: ground-truth category (``gt.category_ids`` order), row ``K`` background; columns: predicted
