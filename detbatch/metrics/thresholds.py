@@ -83,11 +83,29 @@ def category_thresholds(records: MatchRecords, num_gt: int, order: np.ndarray | 
         cum_fp = np.concatenate(([0], np.cumsum(live & ~is_tp)))
         tp_grid[u], fp_grid[u] = cum_tp[above], cum_fp[above]
         if len(run_end) and num_gt > 0:
-            p, r, f1 = prf1(cum_tp[run_end + 1], cum_fp[run_end + 1], num_gt)
-            i = int(np.argmax(f1))
-            if f1[i] > 0:
-                best[u] = (score[run_end[i]], p[i], r[i], f1[i])
+            i, f1 = _best_f1(cum_tp, cum_fp, run_end, num_gt)
+            if f1 > 0:
+                p, r, _ = prf1(cum_tp[run_end[i] + 1], cum_fp[run_end[i] + 1], num_gt)
+                best[u] = (score[run_end[i]], p, r, f1)
     return CategoryThresholds(tp_grid, fp_grid, int(num_gt), best)
+
+
+# Distinct scores whose F1 is computed at once: a category's records may all have distinct scores (millions),
+# and prf1's float64 temporaries of them all would double the reduce's memory.
+F1_CHUNK = 1 << 18
+
+
+def _best_f1(cum_tp: np.ndarray, cum_fp: np.ndarray, run_end: np.ndarray, num_gt: int) -> tuple[int, float]:
+    """The first place in ``run_end`` (the highest score) of the largest F1, and that F1 (as :func:`prf1`
+    computes it), in pieces of :data:`F1_CHUNK`."""
+    best_i, best_f1 = 0, -1.0
+    for lo in range(0, len(run_end), F1_CHUNK):
+        at = run_end[lo : lo + F1_CHUNK] + 1
+        f1 = prf1(cum_tp[at], cum_fp[at], num_gt)[2]
+        i = int(np.argmax(f1))
+        if f1[i] > best_f1:
+            best_i, best_f1 = lo + i, float(f1[i])
+    return best_i, best_f1
 
 
 def _curve(tp: np.ndarray, fp: np.ndarray, num_gt: int) -> dict[str, list[float]]:

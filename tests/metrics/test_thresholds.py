@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from detbatch.metrics import GroundTruth, count_ground_truth, match_images
+from detbatch.metrics import thresholds
 from detbatch.metrics.grouping import accumulate_by_category
 from detbatch.metrics.thresholds import (
     SCORE_GRID,
@@ -57,8 +58,11 @@ def _brute_best(score, tp, live, num_gt):
     return best
 
 
+@pytest.mark.parametrize("f1_chunk", [None, 2])  # 2: the F1 sweep in many pieces, equal F1s across their edges
 @pytest.mark.parametrize("seed", range(5))
-def test_best_thresholds_and_counts_equal_pycocotools_matching(seed):
+def test_best_thresholds_and_counts_equal_pycocotools_matching(seed, f1_chunk, monkeypatch):
+    if f1_chunk:
+        monkeypatch.setattr(thresholds, "F1_CHUNK", f1_chunk)
     dataset, dt = adversarial_coco(seed)
     ev = pycocotools_eval(dataset, dt)
     result = _ours(dataset, dt)
