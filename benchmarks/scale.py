@@ -9,14 +9,15 @@ Issue 14's other scale benchmarks: ``s3_listing.py`` (sequential vs parallel lis
 Each case runs in a fresh process (so that its peak is its own), no Ray, on the driver alone:
   - index: a synthetic Parquet index (``--index-files`` files of N / files rows of ``uri`` + ``image_id``,
     row groups of 64k rows, written once under --work) is listed (``list_input``), its row counts read from
-    the footers, and planned into units (``unit_rows`` -> ``plan_table``) of 256 rows; the plan is written
-    as Parquet (its size reported).
+    the footers, and planned (``plan_rows`` -> ``plan_table``: one plan row per index file, cut into units
+    of 256 rows by the stream); the plan is written as Parquet (its size reported), and the unit numbers
+    the driver derives from it to find what is left (``plan.unit_ids``, 16 B per unit) are made too.
   - images: a synthetic listing of N image files (``InputListing`` built in memory, what ``list_input``
     returns) planned the same way: the cost of planning image files, for comparison; only up to
     ``--images-max`` (~240 B per image: 100M would need ~24 GB).
 Reported: wall and CPU seconds of the case, the process's private memory before the case (imports: detbatch,
 pyarrow, ray) and its peak during it (RssAnon, sampled every 50 ms by ``detbatch.runtime.PrivateMemoryPeak``),
-VmHWM, units, the plan's bytes as Parquet and in Arrow.
+VmHWM, plan rows and units, the plan's bytes as Parquet and in Arrow.
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ def run_case(kind: str, n: int, work: Path) -> dict:
         else:
             uris = tuple(f"s3://my-bucket/images/{i // 10000:05d}/{i:012d}.jpg" for i in range(n))
             listing = units.InputListing("images", "s3://my-bucket/images", uris, tuple("123456:etag" for _ in uris))
-        table = plan.plan_table(units.unit_rows(listing, IMAGES_PER_UNIT, None), listing, listing.summary())
+        table = plan.plan_table(units.plan_rows(listing, IMAGES_PER_UNIT, None), listing, listing.summary())
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
+        ids, _ = plan.unit_ids(table)  # what the driver's stream holds of the units: their numbers
     return {"case": kind, "inputs": n, "wall_s": round(time.perf_counter() - wall, 2),
             "cpu_s": round(time.process_time() - cpu, 2), "baseline_private_mib": round(baseline, 1),
             "peak_private_mib": round(peak.peak_mib, 1),
-            "vm_hwm_mib": round(proc_status_mib("VmHWM") or 0.0, 1), "units": table.num_rows,
+            "vm_hwm_mib": round(proc_status_mib("VmHWM") or 0.0, 1), "plan_rows": table.num_rows, "units": len(ids),
             "plan_mib": round(len(buf.getvalue()) / 2**20, 2), "plan_arrow_mib": round(table.nbytes / 2**20, 2)}
 
 

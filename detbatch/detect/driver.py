@@ -19,12 +19,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from detbatch import __version__, storage
 from detbatch.detect import plan as plan_module
 from detbatch.detect import read, sink
-from detbatch.detect.units import InputListing, ListingSummary, load_manifest, unit_rows
+from detbatch.detect.units import InputListing, ListingSummary, index_units, load_manifest, plan_rows
 from detbatch.config import ConfigError
 from detbatch.detect.config import DetectConfig, InputConfig
 from detbatch.detect.lease import Lease, LeaseLost
@@ -49,6 +51,8 @@ READ_TASK_RETRIES = 3
 # allowed 10 s (15-65 s). One lost node took 6-7 retries in tests/detect/test_chaos.py, and with
 # inference.max_retries below 2 it failed the run. 20 covers ~75 s unreachable; max_retries counts deaths.
 UNREACHABLE_RETRIES = 20
+# CPUs of the task that cuts an index file's plan row into units (it reads nothing).
+UNITS_STAGE_CPUS = 0.05
 
 class DetectIncomplete(RunFailed):
     """The stream ended with images uncommitted; a rerun of the same command finishes them."""
@@ -103,6 +107,20 @@ def _installed_version(package: str) -> str:
         return "unknown"
 
 
+def _units_stage(rows: dict[str, Any], finished: "np.ndarray") -> Iterator["pa.Table"]:
+    """map_batches UDF over plan rows (batch_size=1): each unit of the row not in ``finished`` (sorted), as
+    a one-row :data:`~detbatch.detect.plan.PLAN_SCHEMA` table: one block per unit."""
+    for i in range(len(rows["unit"])):
+        row = {k: rows[k][i] for k in rows}
+        row = {k: list(v) if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+               for k, v in row.items()}
+        for unit in index_units(row):
+            at = np.searchsorted(finished, unit["unit"])
+            if at < len(finished) and finished[at] == unit["unit"]:
+                continue
+            yield pa.Table.from_pylist([unit], schema=plan_module.PLAN_SCHEMA)
+
+
 def _read_stage(
     units: dict[str, Any], manifest: dict[str, int] | None, skips: dict[int, list[tuple[int, int]]],
     max_bytes: int | None = None,
@@ -132,6 +150,7 @@ def read_and_decode(
     decode_cpus: float,
     caps: InputConfig | None = None,
     keep_jpeg: bool = False,
+    finished: "np.ndarray | None" = None,
 ) -> "ray.data.Dataset":
     """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
     leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
@@ -139,7 +158,11 @@ def read_and_decode(
     (:data:`detbatch.detect.plan.PLAN_SCHEMA`), or :func:`~detbatch.detect.units.plan_units`' rows with
     the ``listing`` they came from. ``caps``: the input settings whose ``max_bytes`` and ``max_pixels``
     refuse a file before it is read or decoded (None: their defaults). ``keep_jpeg``: plain JPEGs leave
-    undecoded, for the actors (``inference.decode: gpu``; :func:`detbatch.detect.decode.decode_or_keep_jpeg`)."""
+    undecoded, for the actors (``inference.decode: gpu``; :func:`detbatch.detect.decode.decode_or_keep_jpeg`).
+
+    An index file's plan row is cut into its units first, by a task of its own (:func:`_units_stage`,
+    skipping the ``finished`` units), whose units leave as one block each: the driver never holds an
+    index's units, and each unit is still read by a task of its own."""
     import ray
 
     caps = caps or InputConfig()
@@ -151,9 +174,17 @@ def read_and_decode(
     # One single-row table per unit: one block, so one read task, per unit. take() copies the row, so
     # that a block does not carry the whole plan's buffers with it.
     blocks = [units.take([i]) for i in range(units.num_rows)]
+    ds = ray.data.from_arrow(blocks)
+    if pc.any(pc.greater(units["step"], 0)).as_py():
+        # A num_cpus unlike the read stage's keeps Ray Data from fusing the two (operator_fusion:
+        # remote args must be equal), so that an index file's units spread over many read tasks.
+        cpus = UNITS_STAGE_CPUS if abs(decode_cpus - UNITS_STAGE_CPUS) > 1e-9 else UNITS_STAGE_CPUS / 2
+        # One block per unit (Ray Data would gather the stage's output into blocks of up to 128 MiB).
+        ds = ds.map_batches(_units_stage, batch_size=1, num_cpus=cpus,
+                            fn_kwargs={"finished": np.array([], np.int64) if finished is None else finished}
+                            ).repartition(target_num_rows_per_block=1)
     return (
-        ray.data.from_arrow(blocks)
-        .map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,
+        ds.map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,
                      fn_kwargs={"manifest": shard_manifest, "skips": skips, "max_bytes": caps.max_bytes})
         # batch_size=None: decode each block the reader yields. Ray fuses the two stages into one task
         # that takes max(batch sizes) input rows, and input rows are units: a batch size here would
@@ -200,7 +231,7 @@ def run_detect(config: DetectConfig) -> DetectSummary:
         init_ray(config.ray.address)
         if plan is None:
             # Row counts of an index are read in tasks: after Ray is up. Written once, under the lease.
-            units = unit_rows(listing, config.input.images_per_unit, manifest)
+            units = plan_rows(listing, config.input.images_per_unit, manifest)
             plan = plan_module.plan_table(units, listing, summary)
             opened.lease.check()
             plan_module.write_plan(config.output.uri, plan, listing)
@@ -213,7 +244,6 @@ def run_detect(config: DetectConfig) -> DetectSummary:
 def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifest: dict[str, int] | None,
          opened: OpenedOutput, started: float) -> DetectSummary:
     """The stream over what is left, then the checks and run.json; the caller holds the output's lease."""
-    import pyarrow.compute as pc
     from ray.data import ActorPoolStrategy, DataContext
 
     output, lease = config.output.uri, opened.lease
@@ -221,13 +251,17 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
     # Safe while this run holds the lease: a fenced-off writer's late file makes at most a half pair,
     # which no reader counts (detbatch.detect.sink).
     storage.remove(log.debris + _stale_attempts(output, lease.generation))
-    finished = pa.array(sorted(log.finished), pa.int64())
-    todo = plan.filter(pc.invert(pc.is_in(plan["unit"], value_set=finished)))
+    # Plan rows with a unit left to do (an index file's row holds many units: unit_ids).
+    finished = np.array(sorted(log.finished), np.int64)
+    ids, row_of = plan_module.unit_ids(plan)
+    left = ~np.isin(ids, finished)
+    todo = plan.take(pa.array(np.unique(row_of[left])))
     skips = {u: log.skip(u) for u in log.ranges if u not in log.finished}
     logger.info(
         "%s: %d %s inputs, %d units to do (%d finished earlier, %d images committed)",
-        config.input.uri, listed.num_inputs, listed.kind, todo.num_rows, len(log.finished), log.committed_images,
+        config.input.uri, listed.num_inputs, listed.kind, int(left.sum()), len(log.finished), log.committed_images,
     )
+    del ids, row_of, left
     pool = _pool(config)
     inf = config.inference
     # As state.json records them (read once, when the output was opened): a number, or one per category.
@@ -251,7 +285,7 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
     if todo.num_rows:
         ds = read_and_decode(todo, listed, manifest, skips, inf.decode_cpus, config.input,
-                             keep_jpeg=pool.decode == "gpu").map_batches(
+                             keep_jpeg=pool.decode == "gpu", finished=finished).map_batches(
             Detector.configured(
                 model=config.model.name,
                 weights=config.model.weights,
@@ -300,10 +334,11 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
     wall = time.perf_counter() - started
     lease.check()
     log = sink.read_commit_log(output)
-    missing = [u for u in plan["unit"].to_numpy().tolist() if u not in log.finished]
+    ids = plan_module.unit_ids(plan)[0]
+    missing = ids[~np.isin(ids, np.array(sorted(log.finished), np.int64))].tolist()
     if missing:
         raise DetectIncomplete(
-            f"{len(missing)} of {plan.num_rows} units did not complete (first: {missing[:5]}); "
+            f"{len(missing)} of {len(ids)} units did not complete (first: {missing[:5]}); "
             f"rerun the same command to finish them"
         )
     storage.remove(log.debris)

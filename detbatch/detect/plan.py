@@ -3,8 +3,12 @@
 Layout (beside ``state.json``)::
 
     OUTPUT/_detbatch/listing.parquet   uri, version: every input file (images, shards or index files), sorted
-    OUTPUT/_detbatch/plan.parquet      one row per unit (PLAN_SCHEMA); the schema's metadata holds the
-                                       listing's summary (kind, root, digests, number of files)
+    OUTPUT/_detbatch/plan.parquet      one row per unit, or per index file (PLAN_SCHEMA); the schema's
+                                       metadata holds the listing's summary (kind, root, digests, files)
+
+An index file is one plan row, its rows ``[start, stop)`` cut into units of ``step`` rows by the stream
+(:func:`detbatch.detect.units.index_units`, in Ray tasks): the plan of 100M index rows in 100 files is
+100 rows, not 390,625 units (docs/scaling.md).
 
 The first run lists the input, plans it, and writes the listing, then the plan (each whole, so a plan that
 exists is complete, and its listing before it). A rerun reads the plan and does not list the input: its
@@ -33,20 +37,24 @@ from detbatch.detect.units import InputListing, ListingSummary, list_input
 from detbatch.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from detbatch.detect.config import DetectConfig
 
 logger = logging.getLogger(__name__)
 
 # Version of the plan's layout (in its metadata); a plan of another version is ignored and rewritten.
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 _META_KEY = b"detbatch.plan"
 
 # uris: image files: the unit's files; a shard or an index: that one file. sizes: image files: each one's
 # size as listed (-1: unknown), so that read_unit refuses one over max_bytes without a request.
-# start, stop: an index: the unit's rows [start, stop) of its index file; -1 otherwise.
+# start, stop: an index: the row's rows [start, stop) of its index file; -1 otherwise. step: an index file's
+# row, cut into units of step rows numbered from unit; -1: the row is one unit.
 PLAN_SCHEMA = pa.schema([
     ("unit", pa.int64()), ("kind", pa.string()), ("uris", pa.list_(pa.string())),
     ("image_ids", pa.list_(pa.int64())), ("sizes", pa.list_(pa.int64())), ("start", pa.int64()), ("stop", pa.int64()),
+    ("step", pa.int64()),
 ])
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("version", pa.string())])
 
@@ -56,8 +64,9 @@ UNITS_PER_BATCH = 4096
 
 
 def plan_table(units: Iterable[dict[str, Any]], listing: InputListing, summary: ListingSummary) -> pa.Table:
-    """The plan of ``units`` (:func:`detbatch.detect.units.unit_rows`) as a :data:`PLAN_SCHEMA` table with
-    ``summary`` in its metadata; image files get their listed ``sizes``."""
+    """The plan of ``units`` (:func:`detbatch.detect.units.plan_rows`, or the units of
+    :func:`~detbatch.detect.units.unit_rows`) as a :data:`PLAN_SCHEMA` table with ``summary`` in its
+    metadata; image files get their listed ``sizes``."""
     sizes = ({u: listed_size(v) for u, v in zip(listing.uris, listing.versions)}
              if listing.kind == "images" else {})
     batches, rows = [], []
@@ -71,13 +80,28 @@ def plan_table(units: Iterable[dict[str, Any]], listing: InputListing, summary: 
         listed = [sizes.get(uri) for uri in u["uris"]] if listing.kind == "images" else []
         rows.append({"unit": u["unit"], "kind": u["kind"], "uris": u["uris"], "image_ids": u["image_ids"],
                      "sizes": [-1 if s is None else s for s in listed],
-                     "start": u.get("start", -1), "stop": u.get("stop", -1)})
+                     "start": u.get("start", -1), "stop": u.get("stop", -1), "step": u.get("step", -1)})
         if len(rows) == UNITS_PER_BATCH:
             flush()
     flush()
     table = pa.Table.from_batches(batches, schema=PLAN_SCHEMA)
     meta = {"format": PLAN_FORMAT, **asdict(summary)}
     return table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+
+
+def unit_ids(plan: pa.Table) -> tuple["np.ndarray", "np.ndarray"]:
+    """Every unit of ``plan`` in order, and the plan row each belongs to (an index file's row holds
+    ``ceil((stop - start) / step)`` units numbered from its ``unit``): two int64 arrays, 16 B per unit."""
+    import numpy as np
+
+    first = plan["unit"].to_numpy()
+    step = plan["step"].to_numpy()
+    ranged = step > 0
+    counts = np.ones(len(first), np.int64)
+    counts[ranged] = -(-(plan["stop"].to_numpy()[ranged] - plan["start"].to_numpy()[ranged]) // step[ranged])
+    row_of = np.repeat(np.arange(len(first), dtype=np.int64), counts)
+    offsets = np.arange(len(row_of), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return first[row_of] + offsets, row_of
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -136,7 +160,7 @@ def listing_or_plan(config: "DetectConfig") -> tuple[InputListing | None, pa.Tab
     inp, out = config.input, config.output
     stored = None if out.overwrite else read_plan(out.uri)
     if stored is not None and not inp.verify:
-        logger.info("%s: resuming from its plan (%d units); the input is not listed (--verify-input lists "
+        logger.info("%s: resuming from its plan (%d rows); the input is not listed (--verify-input lists "
                     "it and compares)", out.uri, stored[0].num_rows)
         return None, *stored
     if inp.parallel_listing and _is_folder(inp.uri):

@@ -222,20 +222,30 @@ def plan_units(
 def unit_rows(
     listing: InputListing, images_per_unit: int, manifest: dict[str, int] | None
 ) -> Iterator[dict[str, Any]]:
-    """The units of :func:`plan_units`, one at a time (the plan is built from this stream, not a list).
+    """The units of :func:`plan_units`, one at a time: :func:`plan_rows` with each index file cut into its
+    units (:func:`index_units`)."""
+    for row in plan_rows(listing, images_per_unit, manifest):
+        yield from index_units(row)
 
-    An index's units are ``images_per_unit`` rows of one index file (its last unit shorter), numbered
-    across the index files in listing order; the row counts come from
-    :func:`detbatch.detect.index.index_row_counts` (Ray tasks when Ray is up)."""
+
+def plan_rows(
+    listing: InputListing, images_per_unit: int, manifest: dict[str, int] | None
+) -> Iterator[dict[str, Any]]:
+    """The rows of a run's plan (:mod:`detbatch.detect.plan`), one at a time: a unit per row for image
+    files and shards; for an index, one row per index file, its rows ``[start, stop)`` to be cut into units
+    of ``step`` rows (:func:`index_units`) by the stream, so that the plan's size follows the index files,
+    not their rows. Units are numbered across the index files in listing order; the row counts come from
+    :func:`detbatch.detect.index.index_row_counts` (Ray tasks when Ray is up). An empty index file has no
+    units."""
     if listing.kind == "index":
         from detbatch.detect.index import index_row_counts
 
         unit = 0
         for uri, rows in zip(listing.uris, index_row_counts(listing.uris)):
-            for start in range(0, rows, images_per_unit):
-                yield {"unit": unit, "kind": "index", "uris": [uri], "image_ids": [],
-                       "start": start, "stop": min(start + images_per_unit, rows)}
-                unit += 1
+            if rows:
+                yield {"unit": unit, "kind": "index", "uris": [uri], "image_ids": [], "start": 0, "stop": rows,
+                       "step": images_per_unit}
+                unit += -(-rows // images_per_unit)
         return
     if listing.kind != "images":
         for i, u in enumerate(listing.uris):
@@ -245,6 +255,23 @@ def unit_rows(
         uris = list(listing.uris[start : start + images_per_unit])
         ids = [image_id_for(u, listing.relative_name(u), manifest, None) for u in uris]
         yield {"unit": i, "kind": "images", "uris": uris, "image_ids": ids}
+
+
+def units_in(row: dict[str, Any]) -> int:
+    """How many units a plan row stands for: an index file's ``ceil((stop - start) / step)``, else 1."""
+    step = row.get("step", -1)
+    return -(-(row["stop"] - row["start"]) // step) if row["kind"] == "index" and step > 0 else 1
+
+
+def index_units(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The units of a plan row: an index file's row becomes one unit per ``step`` rows of ``[start, stop)``
+    (numbered from its ``unit``, the last one shorter); any other row is one unit already."""
+    if row["kind"] != "index" or row.get("step", -1) <= 0:
+        yield row
+        return
+    step, stop = row["step"], row["stop"]
+    for k, start in enumerate(range(row["start"], stop, step)):
+        yield {**row, "unit": row["unit"] + k, "start": start, "stop": min(start + step, stop), "step": -1}
 
 
 def image_id_for(uri: str, name: str, manifest: dict[str, int] | None, given: Any) -> int:

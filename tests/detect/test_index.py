@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from detbatch.detect import index, read, units
+from detbatch.detect import index, plan, read, units
 from detbatch.errors import InputError
 from tests.helpers.images import png_bytes
 
@@ -50,6 +50,12 @@ def test_an_index_is_listed_planned_and_read_in_ranges(tmp_path, images, kind, e
     assert [(u["uris"][0][-len(ext) - 2:], u["start"], u["stop"]) for u in planned] == [
         (f"a.{ext}", 0, 2), (f"a.{ext}", 2, 3), (f"b.{ext}", 0, 2)]
     assert [u["unit"] for u in planned] == [0, 1, 2]
+    # The plan: one row per index file, cut into those units (numbered across the files) by the stream.
+    rows = list(units.plan_rows(listing, 2, None))
+    assert [(r["unit"], r["start"], r["stop"], r["step"]) for r in rows] == [(0, 0, 3, 2), (2, 0, 2, 2)]
+    assert [u for r in rows for u in units.index_units(r)] == [{**u, "step": -1} for u in planned]
+    ids, row_of = plan.unit_ids(plan.plan_table(rows, listing, listing.summary()))
+    assert ids.tolist() == [0, 1, 2] and row_of.tolist() == [0, 0, 1]
 
     read_rows = [r for u in planned for r in read.read_unit(u, None, [])]
     assert [r["image_id"] for r in read_rows] == [100, 101, 102, 103, 104]

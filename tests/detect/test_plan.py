@@ -29,7 +29,7 @@ def _no_listing(monkeypatch):
         raise AssertionError("the input was listed (or planned) again")
 
     monkeypatch.setattr(plan, "list_input", refuse)  # where the listing is made (plan.listing_or_plan)
-    monkeypatch.setattr(driver, "unit_rows", refuse)
+    monkeypatch.setattr(driver, "plan_rows", refuse)
 
 
 def test_plan_round_trip_and_changes(image_dir, tmp_path):
@@ -79,7 +79,9 @@ def test_a_rerun_resumes_from_the_plan_without_listing(store, clean, monkeypatch
 
 def test_an_index_runs_like_its_files_and_resumes_from_its_plan(store, clean, tmp_path, monkeypatch):
     """An index (CSV) of 3 of the shared input's files gives the clean run's rows for them (the same uris,
-    so the same derived ids); a rerun reads the plan; a rewritten index is refused by --verify-input."""
+    so the same derived ids); its plan is one row for the index file, cut into units of 2 rows by the
+    stream; a rerun reads the plan, and one that lost a unit of that file redoes that unit alone; a
+    rewritten index is refused by --verify-input."""
     if store.kind != "local":
         pytest.skip("one storage is enough for the index end to end; S3 reads go through the same read_file")
     files = units.list_input(store.input)
@@ -100,10 +102,18 @@ def test_an_index_runs_like_its_files_and_resumes_from_its_plan(store, clean, tm
     check_invariants(out, num_inputs=3)
     stored, summary = plan.read_plan(out)
     assert summary.kind == "index" and summary.num_inputs == 1
-    assert list(zip(stored["start"].to_pylist(), stored["stop"].to_pylist())) == [(0, 2), (2, 3)]
+    assert stored.select(["unit", "start", "stop", "step"]).to_pylist() == [{"unit": 0, "start": 0, "stop": 3, "step": 2}]
+    assert sorted(sink.read_commit_log(out).finished) == [0, 1]
 
     _no_listing(monkeypatch)
     assert run_detect(config).already_complete
+    # Unit 1 (the file's row 2) lost with run.json: the rerun reads only that unit's range.
+    lost = store.output("index-lost")
+    copy_tree(out, lost, keep=lambda name: name != "run.json" and not name.rsplit("/", 1)[-1].startswith("00000001-"))
+    resumed = run_detect(detect_config(store, lost, **{"input.uri": str(index.parent)}))
+    assert (resumed.images_processed, resumed.images_resumed) == (1, 2)
+    assert read_tables(lost)[0].equals(images)
+    check_invariants(lost, num_inputs=3)
     monkeypatch.undo()
 
     with index.open("a") as f:
