@@ -1,20 +1,28 @@
-"""How close `detbatch detect` comes to a bare single-process loop, and how its memory grows.
+"""How close `detbatch detect` comes to the loop a user would write without it, and how its memory grows.
 
-    .venv/bin/python benchmarks/detect_efficiency.py [--actors 2|1] [--copies 2] [--repeat 3] [--memory-copies 1 10 [N ...]]
-        [--skip-throughput] [--skip-memory]        (needs psutil: pip install -e ".[bench]")
-        [--device cpu|cuda] [--decode cpu [gpu]] [--images DIR] [--limit N] [--out FILE.json]
+    .venv/bin/python benchmarks/detect_efficiency.py [--layout auto|explicit] [--actors 2|1] [--copies 2]
+        [--repeat 3] [--rows-per-file 32] [--memory-copies 1 10 [N ...]] [--skip-throughput] [--skip-memory]
+        [--device cpu|cuda] [--decode cpu [gpu]] [--decode-cpus 0.5] [--images DIR] [--limit N] [--out FILE.json]
+        (needs psutil: pip install -e ".[bench]")
 
-Throughput: the same images (COCO128 × copies), the same model (random init), batch size and torch
-thread count, measured side by side in one run:
-  - bare: one process, PIL decode + model, no Ray; timed from model construction (its imports of
-    torch and torchvision are timed too, and printed as a second ratio);
+Throughput: the same images (COCO128 × copies), the same model (random init) and batch size, on the
+same cores, measured side by side in one run:
+  - the model-only limit, once: `--threads` processes × 1 torch thread running the model alone over
+    pre-decoded images (the most any pipeline could reach on these cores);
+  - the baseline, on cpu the hand-written loop: `--threads` processes × 1 torch thread (plain
+    `multiprocessing`, spawned), each decoding (PIL) and detecting its contiguous share of the files,
+    timed from the pool's start (its processes' start, imports and model construction included) to the
+    last result; on cuda the single-process loop (one process per GPU: PIL or decode_jpeg + model);
   - detbatch: `run_detect` on a local Ray started as `detbatch detect` starts it (ray.init and Ray
     Data's per-cluster actors excluded as cluster start-up; listing, the actors' process start,
-    torch import and model load, decode, inference, Parquet commits and run.json included), with
-    `--actors` detector actors sharing the same total torch threads, `--rows-per-file` images per call.
-It prints both images/s and their ratio, and the rate after the first committed file (the pool's
-steady state, without its start-up). The pair runs `--repeat` times, alternating, and the median
-ratio is printed: on a 2-core machine pairs ranged 0.95-1.14 on one morning.
+    torch import and model load, decode, inference, Parquet commits and run.json included).
+    `--layout auto`: the pool detbatch chooses (`max_actors` and `cpus_per_actor` auto, as
+    configs/detect.yaml has them); `explicit`: `--actors` actors of (2 − `--decode-cpus`) / actors CPUs
+    sharing the baseline's total of torch threads; `--rows-per-file` images per call.
+It prints images/s and the ratio to the baseline (goal ≥ 0.9), when the first results were committed
+(goal ≤ 10 s after the cluster is up) and the rate after that. The pair runs `--repeat` times,
+alternating, and the median ratio is printed: this machine's speed drifts (the same baseline ran
+5.7-8.2 images/s within an hour), so only alternated pairs compare.
 
 `--decode cpu gpu` runs the pair once per decode: `cpu` decodes with PIL (the bare loop in its own
 process, detbatch in its decode tasks), `gpu` with torchvision's batched decode_jpeg on `--device` (the
@@ -201,7 +209,8 @@ class PeakSampler:
 
 
 def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: int, actors: int, rows_per_file: int,
-                 sample_memory: bool, device: str = "cpu", decode: str = "cpu", decode_cpus: float = 0.5) -> dict:
+                 sample_memory: bool, device: str = "cpu", decode: str = "cpu", decode_cpus: float = 0.5,
+                 layout: str = "explicit") -> dict:
     import pyarrow.parquet as pq
     import ray
 
@@ -229,10 +238,15 @@ def run_detbatch(folder: Path, out: Path, model: str, batch_size: int, threads: 
         settings = {"inference.device": "cuda", "inference.gpus_per_actor": 1, "inference.cpus_per_actor": 2,
                     "inference.decode_cpus": 1}
     else:
-        # 2 CPUs: the actors share what decoding leaves, with the baseline's total of torch threads.
         init_ray("local", num_cpus=2)
-        settings = {"inference.device": "cpu", "inference.cpus_per_actor": (2 - decode_cpus) / actors,
-                    "inference.threads_per_actor": max(1, threads // actors), "inference.decode_cpus": decode_cpus}
+        if layout == "auto":
+            # As a user of configs/detect.yaml gets it: max_actors and cpus_per_actor auto, decode_cpus as given.
+            common.pop("inference.min_actors")
+            settings = {"inference.device": "cpu", "inference.max_actors": "auto", "inference.decode_cpus": decode_cpus}
+        else:
+            # 2 CPUs: the actors share what decoding leaves, with the baseline's total of torch threads.
+            settings = {"inference.device": "cpu", "inference.cpus_per_actor": (2 - decode_cpus) / actors,
+                        "inference.threads_per_actor": max(1, threads // actors), "inference.decode_cpus": decode_cpus}
     _warm_up()
     config = load_config(DetectConfig, None, {**common, **settings})
     # The sampler reads every Ray process's /proc/PID/smaps twice a second, which costs CPU the
@@ -338,7 +352,7 @@ def _child(mode: str, copies: int, args, decode: str = "cpu") -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--copies", str(copies), "--model", args.model,
            "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--workdir", args.workdir,
            "--actors", str(args.actors), "--rows-per-file", str(args.rows_per_file), "--device", args.device,
-           "--decode", decode, "--decode-cpus", str(args.decode_cpus), "--images", str(args.images),
+           "--decode", decode, "--decode-cpus", str(args.decode_cpus), "--layout", args.layout, "--images", str(args.images),
            *(["--limit", str(args.limit)] if args.limit else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
@@ -367,6 +381,9 @@ def main() -> None:
                         help="where JPEGs are decoded; each given runs the pair (gpu: torchvision's decode_jpeg on --device)")
     parser.add_argument("--decode-cpus", type=float, default=0.5,
                         help="inference.decode_cpus on cpu; the actors share the other CPUs of 2")
+    parser.add_argument("--layout", choices=["auto", "explicit"], default="explicit",
+                        help="cpu: auto = the pool detbatch chooses (max_actors and cpus_per_actor auto, as "
+                             "configs/detect.yaml); explicit = --actors actors sharing the CPUs decode leaves")
     parser.add_argument("--images", type=Path, default=COCO128, help="a folder of .jpg (default: COCO128)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of --images")
     parser.add_argument("--out", type=Path, help="write every figure here as JSON")
@@ -385,7 +402,7 @@ def main() -> None:
             out = Path(tempfile.mkdtemp(dir=args.workdir)) / "out"
             result = run_detbatch(folder, out, args.model, args.batch_size, args.threads, args.actors, args.rows_per_file,
                                   sample_memory=args.child == "detbatch-memory", device=args.device, decode=decode,
-                                  decode_cpus=args.decode_cpus)
+                                  decode_cpus=args.decode_cpus, layout=args.layout)
         print(json.dumps(result))
         return
 
@@ -429,8 +446,10 @@ def throughput(args, decode: str = "cpu") -> list[dict]:
               f"run {i + 1} of {args.repeat}:")
         print(f"  {name}: {base['images_per_second']:.2f} images/s ({base['seconds']:.1f} s"
               f"{', its processes start included' if baseline == 'hand' else ''})")
-        print(f"  detbatch  : {det['images_per_second']:.2f} images/s ({det['seconds']:.1f} s; {args.actors} actor(s) x "
-              f"{max(1, args.threads // args.actors)} threads, {args.rows_per_file} images per call)")
+        pool = det.get("pool") or {}
+        print(f"  detbatch  : {det['images_per_second']:.2f} images/s ({det['seconds']:.1f} s; {pool.get('max_actors')} "
+              f"actor(s) of {pool.get('cpus_per_actor')} CPU x {pool.get('threads_per_actor')} thread(s), decode "
+              f"{pool.get('decode')}, {args.rows_per_file} images per call)")
         print(f"    first results committed after {det['first_commit_s']:.1f} s, then "
               f"{det['images_per_second_after_first_commit']:.2f} images/s")
         print(f"  ratio detbatch / {baseline} = {ratio:.3f}  (goal >= 0.9)")
