@@ -343,6 +343,9 @@ def _write_local(path: str, data: bytes, exclusive: bool) -> bool:
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         failpoint("storage.after_temporary_write")
+        # The same point for one folder's writes only (``storage.after_temporary_write:attempts``): an
+        # actor's, and not its driver's, when both run with the variable set.
+        failpoint(f"storage.after_temporary_write:{os.path.basename(os.path.dirname(path))}")
         if exclusive:
             try:
                 os.link(tmp, path)  # atomic, and fails if the name exists

@@ -250,7 +250,7 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
     log = sink.read_commit_log(output)
     # Safe while this run holds the lease: a fenced-off writer's late file makes at most a half pair,
     # which no reader counts (detbatch.detect.sink).
-    storage.remove(log.debris + _stale_attempts(output, lease.generation))
+    storage.remove(log.debris + _attempt_files(output, keep_generation=lease.generation))
     # Plan rows with a unit left to do (an index file's row holds many units: unit_ids).
     finished = np.array(sorted(log.finished), np.int64)
     ids, row_of = plan_module.unit_ids(plan)
@@ -341,7 +341,9 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
             f"{len(missing)} of {len(ids)} units did not complete (first: {missing[:5]}); "
             f"rerun the same command to finish them"
         )
-    storage.remove(log.debris)
+    # Every call is committed: what attempt records are left (and a temporary of one, left by an actor killed
+    # while it wrote it; Ray retried its call) speak of nothing still running.
+    storage.remove(log.debris + _attempt_files(output))
     totals = _count_output(output, log)
     images_done = processed["images_ok"] + processed["images_error"]
     summary = DetectSummary(
@@ -381,10 +383,14 @@ def isolation_retries(rows_per_call: int) -> int:
     return max(0, math.ceil(math.log2(max(rows_per_call, 1)))) + 2
 
 
-def _stale_attempts(output: str, generation: int) -> list[str]:
-    """Attempt records of earlier runs (their calls are this run's to redo)."""
+def _attempt_files(output: str, keep_generation: int | None = None) -> list[str]:
+    """The files under ``_detbatch/attempts/`` but the records of run ``keep_generation``: earlier runs'
+    records (their calls are this run's to redo), and the hidden temporaries of records whose writer died
+    mid-write (no reader takes them for a record, and nothing else removes them)."""
     folder = storage.join(output, sink.ATTEMPTS_DIR)
-    return [storage.join(folder, n) for n in storage.list_names(folder) if not n.startswith(f"g{generation:06d}-")]
+    kept = f"g{keep_generation:06d}-" if keep_generation is not None else None
+    return [storage.join(folder, n) for n in storage.list_names(folder, hidden=True)
+            if kept is None or not n.startswith(kept)]
 
 
 def _check_schedulable(config: DetectConfig, gpus: float) -> None:

@@ -24,8 +24,10 @@ from detbatch.config import ConfigError
 from detbatch.detect.driver import run_detect
 from detbatch.detect.lease import LEASE_DIR
 from detbatch.detect.output import RUN_FILE, STATE_FILE, read_json
+from detbatch.detect import sink
 from detbatch.detect.sink import read_commit_log
 from detbatch.faults import FAILPOINT_EXIT_CODE
+from tests.detect.test_driver import DETECTOR_CLASS
 from tests.helpers.exactly_once import (
     NUM_IMAGES,
     NUM_INPUTS,
@@ -65,6 +67,9 @@ CRASHES = [
                  [rf"_detbatch/lease/\.0000000001\.json{_TEMP}"], id="temporary-of-the-lease"),
     pytest.param("storage.after_temporary_write=exit@2", ("local",), 0,
                  [_LEASE_1, rf"_detbatch/\.state\.json{_TEMP}"], id="temporary-of-state"),
+    pytest.param("storage.after_temporary_write=exit@6", ("local",), 1,
+                 [_LEASE_1, _STATE, *_PAIR_0, rf"_detbatch/attempts/\.{_ATTEMPT_1[len('_detbatch/attempts/'):]}{_TEMP}"],
+                 id="temporary-of-an-attempt-record"),
     pytest.param("storage.after_temporary_write=exit@8", ("local",), 1,
                  [_LEASE_1, _STATE, *_PAIR_0, _ATTEMPT_1, f"detections/{_part(1)}", rf"images/\.{_part(1)}{_TEMP}"],
                  id="temporary-of-a-commit"),
@@ -103,6 +108,38 @@ def test_writer_dies_at_a_commit_failpoint_then_rerun_converges(store, clean, fa
     again = run_detect(detect_config(store, out))
     assert again.already_complete and again.images_processed == 0
     assert_same_as_clean(out, clean)
+
+
+def test_actors_killed_writing_their_attempt_records_leave_nothing(store, clean, ray_cluster, tmp_path):
+    """A detector actor dies (os._exit, as a SIGKILL) after writing the temporary of its third call's
+    attempt record, and so does each actor Ray restarts in its place; Ray retries those calls in the same
+    run. The run equals the clean run, and the temporaries the dead actors left are gone with their records
+    (they were once left for good: tests/detect/test_chaos.py)."""
+    if store.kind != "local":
+        pytest.skip("storage.after_temporary_write is a point of local writes only")
+    out = store.output("attempt-kills")
+    args = cli_args(store, out, ray_cluster.address, "--set", "inference.min_actors=1",
+                    "--set", "inference.max_actors=1")
+    # Only the actors write under _detbatch/attempts/: the driver runs with the same variable and lives.
+    env = {**_env(), "DETBATCH_FAILPOINTS": "storage.after_temporary_write:attempts=exit@3"}
+    restarts = _detector_restarts(ray_cluster)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 8 calls of one actor: each process commits two and dies on the third's record.
+    assert _detector_restarts(ray_cluster) - restarts == 3
+    attempts = storage.join(out, sink.ATTEMPTS_DIR)
+    assert storage.list_names(attempts, hidden=True) == []
+    assert_same_as_clean(out, clean)
+    check_invariants(out)
+
+
+def _detector_restarts(cluster) -> int:
+    """Restarts of every detector actor the test cluster has had (by its address: tests/detect/test_chaos.py)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=cluster.address, filters=[("class_name", "=", DETECTOR_CLASS)], detail=True,
+                         limit=10000)
+    return sum(a.num_restarts for a in actors)
 
 
 def test_overwrite_killed_after_clearing_parts(store, clean, ray_cluster):
