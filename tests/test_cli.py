@@ -120,13 +120,13 @@ def test_run_failed_exits_1(monkeypatch, tmp_path, capsys):
 # catching those bases instead of DetbatchError would hide bugs behind a one-line "error".
 @pytest.mark.parametrize("error", [KeyError, ValueError, FileNotFoundError])
 def test_a_bug_in_detect_propagates(monkeypatch, tmp_path, capsys, error):
-    import detbatch.detect.plan
+    import detbatch.detect.driver
 
     def broken(*args, **kwargs):
         raise error("not a user error")
 
-    # A library function run_detect calls, before Ray starts (a file is listed without Ray).
-    monkeypatch.setattr(detbatch.detect.plan, "list_input", broken)
+    # A library function run_detect calls before Ray starts (the input looked up).
+    monkeypatch.setattr(detbatch.detect.driver, "input_shape", broken)
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(error, match="not a user error"):
         main(["detect", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out")])

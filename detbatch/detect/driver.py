@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from detbatch import __version__, storage
 from detbatch.detect import plan as plan_module
 from detbatch.detect import read, sink
-from detbatch.detect.units import InputListing, ListingSummary, index_units, load_manifest, plan_rows
+from detbatch.detect.units import InputListing, ListingSummary, index_units, input_shape, load_manifest
 from detbatch.config import ConfigError
 from detbatch.detect.config import DetectConfig, InputConfig
 from detbatch.detect.lease import Lease, LeaseLost
@@ -107,14 +107,16 @@ def _installed_version(package: str) -> str:
         return "unknown"
 
 
-def _units_stage(rows: dict[str, Any], finished: "np.ndarray") -> Iterator["pa.Table"]:
+def _units_stage(rows: dict[str, Any], finished: "np.ndarray", output: str) -> Iterator["pa.Table"]:
     """map_batches UDF over plan rows (batch_size=1): each unit of the row not in ``finished`` (sorted), as
-    a one-row :data:`~detbatch.detect.plan.PLAN_SCHEMA` table: one block per unit."""
+    a one-row :data:`~detbatch.detect.plan.PLAN_SCHEMA` table: one block per unit. A listing part of image
+    files (in ``output``) is read here, once, and its units carry their files."""
     for i in range(len(rows["unit"])):
         row = {k: rows[k][i] for k in rows}
         row = {k: list(v) if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
                for k, v in row.items()}
-        for unit in index_units(row):
+        units = plan_module.part_units(row, output) if row["kind"] == "images" and row["step"] > 0 else index_units(row)
+        for unit in units:
             at = np.searchsorted(finished, unit["unit"])
             if at < len(finished) and finished[at] == unit["unit"]:
                 continue
@@ -151,6 +153,7 @@ def read_and_decode(
     caps: InputConfig | None = None,
     keep_jpeg: bool = False,
     finished: "np.ndarray | None" = None,
+    output: str = "",
 ) -> "ray.data.Dataset":
     """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
     leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
@@ -162,12 +165,13 @@ def read_and_decode(
 
     An index file's plan row is cut into its units first, by a task of its own (:func:`_units_stage`,
     skipping the ``finished`` units), whose units leave as one block each: the driver never holds an
-    index's units, and each unit is still read by a task of its own."""
+    index's units, and each unit is still read by a task of its own. So is a listing part of image files,
+    which that task reads from ``output`` (the units' files are in it: :mod:`detbatch.detect.plan`)."""
     import ray
 
     caps = caps or InputConfig()
     if isinstance(units, list):
-        units = plan_module.plan_table(units, listing, listing.summary())
+        units = plan_module.plan_table(units, listing.summary())
     # Shards need the manifest in the workers; image files carry their ids in the unit rows, and their
     # listed sizes, so that a file over max_bytes is refused without a request.
     shard_manifest = manifest if listing.kind in ("tar", "parquet") else None
@@ -181,7 +185,8 @@ def read_and_decode(
         cpus = UNITS_STAGE_CPUS if abs(decode_cpus - UNITS_STAGE_CPUS) > 1e-9 else UNITS_STAGE_CPUS / 2
         # One block per unit (Ray Data would gather the stage's output into blocks of up to 128 MiB).
         ds = ds.map_batches(_units_stage, batch_size=1, num_cpus=cpus,
-                            fn_kwargs={"finished": np.array([], np.int64) if finished is None else finished}
+                            fn_kwargs={"finished": np.array([], np.int64) if finished is None else finished,
+                                       "output": output}
                             ).repartition(target_num_rows_per_block=1)
     return (
         ds.map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,
@@ -216,11 +221,24 @@ def run_detect(config: DetectConfig) -> DetectSummary:
     check_weights(config.model.name, config.model.weights)
     parse_score_threshold(config.model.score_threshold)  # a bad thresholds file is named before anything starts
     started = time.perf_counter()
-    listing, plan, summary = plan_module.listing_or_plan(config)
     manifest = load_manifest(config.input.manifest) if config.input.manifest else None
-    opened = open_output(config, summary)
+    inp, out = config.input, config.output
+    stored = None if out.overwrite else plan_module.read_plan(out.uri)
+    lists = stored is None or inp.verify
+    if not lists:
+        logger.info("%s: resuming from its plan (%d rows); the input is not listed (--verify-input lists "
+                    "it and compares)", out.uri, stored.table.num_rows)
+    else:
+        input_shape(inp.uri)  # a missing input is named before the output is touched
+    # A listing is made under the output's lease, into the output (detbatch.detect.plan).
+    opened = open_output(config, None if lists else stored.summary)
     try:
         config = opened.config
+        if lists:
+            init_ray(config.ray.address)  # the listing's tasks, and an index's row counts
+            plan, summary = plan_module.plan_input(config, opened, manifest, stored)
+        else:
+            plan, summary = stored.table, stored.summary
         if opened.finished is not None:
             # A fenced-off writer of an earlier run may have committed a late part since: readers of the
             # folder itself (pandas on OUTPUT/images) must find only the parts that count.
@@ -229,13 +247,6 @@ def run_detect(config: DetectConfig) -> DetectSummary:
             return DetectSummary(config.output.uri, counts["images_ok"], counts["images_error"], counts["detections"],
                                  0, counts["images_ok"] + counts["images_error"], 0.0, 0.0, already_complete=True)
         init_ray(config.ray.address)
-        if plan is None:
-            # Row counts of an index are read in tasks: after Ray is up. Written once, under the lease.
-            units = plan_rows(listing, config.input.images_per_unit, manifest)
-            plan = plan_module.plan_table(units, listing, summary)
-            opened.lease.check()
-            plan_module.write_plan(config.output.uri, plan, listing)
-        del listing  # the plan holds what the stream needs; the driver keeps no per-file objects
         return _run(config, plan, summary, manifest, opened, started)
     finally:
         opened.lease.release()
@@ -285,7 +296,7 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
     processed = {"images_ok": 0, "images_error": 0, "detections": 0}
     if todo.num_rows:
         ds = read_and_decode(todo, listed, manifest, skips, inf.decode_cpus, config.input,
-                             keep_jpeg=pool.decode == "gpu", finished=finished).map_batches(
+                             keep_jpeg=pool.decode == "gpu", finished=finished, output=output).map_batches(
             Detector.configured(
                 model=config.model.name,
                 weights=config.model.weights,
@@ -344,6 +355,7 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
     # Every call is committed: what attempt records are left (and a temporary of one, left by an actor killed
     # while it wrote it; Ray retried its call) speak of nothing still running.
     storage.remove(log.debris + _attempt_files(output))
+    plan_module.remove_stray_parts(output, plan)
     totals = _count_output(output, log)
     images_done = processed["images_ok"] + processed["images_error"]
     summary = DetectSummary(

@@ -40,12 +40,17 @@ from detbatch.faults import failpoint
 logger = logging.getLogger(__name__)
 
 STATE_FILE = f"{DETBATCH_DIR}/state.json"
-# The persisted plan (detbatch.detect.plan, which imports this module's neighbours, so named here too).
+# The persisted plan and listing (detbatch.detect.plan, which imports this module, so named here).
 PLAN_FILE = f"{DETBATCH_DIR}/plan.parquet"
+LISTING_DIR = f"{DETBATCH_DIR}/listing"
+# Where --verify-input lists the input again (emptied after the comparison).
+VERIFY_DIR = f"{DETBATCH_DIR}/verify"
+# The listing of a plan of format 2 (one file; an output of an older detbatch).
 LISTING_FILE = f"{DETBATCH_DIR}/listing.parquet"
 RUN_FILE = "run.json"
 # state.json's layout; states without a "format" were written before contents were fingerprinted.
-STATE_FORMAT = 2
+# 3: listing digests are sums of a hash per file (detbatch.detect.units.names_sum); 2: one SHA-256 of them all.
+STATE_FORMAT = 3
 # The settings of the first state format, which a rerun over such an output is still compared on.
 _LEGACY_KEYS = ("input", "format", "manifest", "images_per_unit", "model", "weights", "score_threshold",
                 "detections_per_image")
@@ -61,6 +66,8 @@ class OpenedOutput:
     fingerprint: dict[str, Any]
     """What this run computes with (:func:`fingerprint`), as state.json records it."""
     finished: dict[str, Any] | None
+    state: dict[str, Any] | None = None
+    """state.json as the output held it (None: a new output, whose state :func:`record_input` writes)."""
 
 
 def read_json(uri: str) -> dict[str, Any] | None:
@@ -129,6 +136,9 @@ def clear_output(output: str) -> int:
     doomed.append(storage.join(output, RUN_FILE))
     # The plan before its listing (detbatch.detect.plan: a plan that exists has its listing).
     doomed += [storage.join(output, PLAN_FILE), storage.join(output, LISTING_FILE)]
+    for folder in (LISTING_DIR, VERIFY_DIR):
+        uri = storage.join(output, folder)
+        doomed += [storage.join(uri, n) for n in storage.list_names(uri, hidden=True)]
     storage.remove(doomed)
     failpoint("output.after_clearing_parts")
     storage.remove([storage.join(output, STATE_FILE)])  # last: until then a rerun still sees a detbatch output
@@ -170,13 +180,16 @@ def _changes(then: dict[str, Any], now: dict[str, Any], keys: Any) -> str:
     return ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in keys if then.get(k) != now.get(k))
 
 
-def _check_state(output: str, state: dict[str, Any], wanted: dict[str, Any], listing: InputListing | ListingSummary) -> None:
-    legacy = "format" not in state
-    keys = _LEGACY_KEYS if legacy else wanted["fingerprint"].keys()
-    changes = _changes(state["fingerprint"], wanted["fingerprint"], keys)
+def _check_settings(output: str, state: dict[str, Any], wanted: dict[str, Any]) -> None:
+    keys = _LEGACY_KEYS if "format" not in state else wanted.keys()
+    changes = _changes(state["fingerprint"], wanted, keys)
     if changes:
         raise ConfigError(f"{output} holds a detect run with other settings ({changes}); "
                           f"use another --output, or --overwrite to replace it")
+
+
+def _check_listing(output: str, state: dict[str, Any], wanted: dict[str, Any], listing: InputListing | ListingSummary) -> None:
+    legacy = "format" not in state
     if state["listing_digest"] != wanted["listing_digest"]:
         raise ConfigError(
             f"{output} was started on a different set of input files ({state['num_inputs']} then, "
@@ -192,9 +205,27 @@ def _check_state(output: str, state: dict[str, Any], wanted: dict[str, Any], lis
         )
 
 
-def open_output(config: DetectConfig, listing: InputListing | ListingSummary) -> OpenedOutput:
+def _wanted(opened: OpenedOutput, listing: InputListing | ListingSummary) -> dict[str, Any]:
+    return {"format": STATE_FORMAT, "fingerprint": opened.fingerprint, "listing_digest": listing.digest,
+            "content_digest": listing.content_digest, "num_inputs": listing.num_inputs}
+
+
+def record_input(opened: OpenedOutput, listing: InputListing | ListingSummary) -> None:
+    """Compare ``listing`` with the one the output was started on (refused when it differs), or, for a new
+    output, write ``state.json`` with it. The caller holds the output's lease."""
+    out = opened.config.output.uri
+    if opened.state is not None:
+        _check_listing(out, opened.state, _wanted(opened, listing), listing)
+        return
+    opened.lease.check()
+    opened.state = _wanted(opened, listing)
+    storage.write_text(storage.join(out, STATE_FILE), json.dumps(opened.state, indent=2))
+
+
+def open_output(config: DetectConfig, listing: InputListing | ListingSummary | None) -> OpenedOutput:
     """Check, lease and (with ``--overwrite``) clear the output; see the module docstring. ``listing``: the
-    input's listing, or the summary of the one a persisted plan was made from."""
+    input's listing, or the summary of the one a persisted plan was made from; None: the settings are
+    checked now, and the listing, made under the lease, by :func:`record_input`."""
     out = config.output
     check_location(out.uri, config.input.uri, out.overwrite)
     owned = _check_owned_or_empty(out.uri, out.overwrite)
@@ -210,13 +241,14 @@ def open_output(config: DetectConfig, listing: InputListing | ListingSummary) ->
             config = config.model_copy(deep=True)
             config.input.images_per_unit = ((state or {}).get("fingerprint", {}).get("images_per_unit")
                                             or out.rows_per_file)
-        wanted = {"format": STATE_FORMAT, "fingerprint": fingerprint(config), "listing_digest": listing.digest,
-                  "content_digest": listing.content_digest, "num_inputs": listing.num_inputs}
+        wanted = fingerprint(config)
         if state is not None:
-            _check_state(out.uri, state, wanted, listing)
-            return OpenedOutput(config, lease, wanted["fingerprint"], read_json(storage.join(out.uri, RUN_FILE)))
-        storage.write_text(state_uri, json.dumps(wanted, indent=2))
-        return OpenedOutput(config, lease, wanted["fingerprint"], None)
+            _check_settings(out.uri, state, wanted)
+            finished = read_json(storage.join(out.uri, RUN_FILE))
+        opened = OpenedOutput(config, lease, wanted, finished if state is not None else None, state)
+        if listing is not None:
+            record_input(opened, listing)
+        return opened
     except BaseException:
         lease.release()
         raise

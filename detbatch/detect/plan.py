@@ -1,20 +1,26 @@
-"""The persisted plan: a run's units and its listing, written into the output once, read by every rerun.
+"""The persisted plan: a run's listing and units, written into the output once, read by every rerun.
 
 Layout (beside ``state.json``)::
 
-    OUTPUT/_detbatch/listing.parquet   uri, version: every input file (images, shards or index files), sorted
-    OUTPUT/_detbatch/plan.parquet      one row per unit, or per index file (PLAN_SCHEMA); the schema's
-                                       metadata holds the listing's summary (kind, root, digests, files)
+    OUTPUT/_detbatch/listing/part-*.parquet   the input listing, in parts (LISTED_SCHEMA: uri, version,
+                                              size, image_id), in the order the plan names them
+    OUTPUT/_detbatch/plan.parquet             one row per listing part of image files, per shard, or per
+                                              index file (PLAN_SCHEMA); the schema's metadata holds the
+                                              listing's summary (kind, root, digests, files) and its parts
 
-An index file is one plan row, its rows ``[start, stop)`` cut into units of ``step`` rows by the stream
-(:func:`detbatch.detect.units.index_units`, in Ray tasks): the plan of 100M index rows in 100 files is
-100 rows, not 390,625 units (docs/scaling.md).
+The first run lists the input under the output's lease (:func:`plan_input`): Ray tasks write the image
+files into listing parts themselves (:mod:`detbatch.detect.listing`), so the driver holds no file of
+the listing, only the parts' names and counts. The plan is a row per part, its rows ``[start, stop)``
+cut into units of ``step`` files by a task of the stream, which reads the part once
+(:func:`detbatch.detect.driver._units_stage`); an index file's row is cut the same way
+(:func:`detbatch.detect.units.index_units`). Shards are one unit each. 100M image files make ~400
+listing parts and as many plan rows (docs/scaling.md).
 
-The first run lists the input, plans it, and writes the listing, then the plan (each whole, so a plan that
-exists is complete, and its listing before it). A rerun reads the plan and does not list the input: its
+A plan that exists is whole (it is written last), and a rerun reads it and does not list the input: its
 digests are the plan's, so ``state.json`` is compared with what the first run saw. ``--verify-input``
-relists and compares with the stored listing, and refuses a changed input, naming the files added, removed
-or replaced (:func:`input_changes`). ``--overwrite`` deletes both files with the run's other files.
+lists the input again (into ``_detbatch/verify/``, removed after) and refuses a changed input, naming the
+files added, removed or replaced (:func:`input_changes`, a merge of the two sorted listings, part by
+part). ``--overwrite`` deletes the plan and the listing with the run's other files.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterable
-from dataclasses import asdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -31,9 +37,19 @@ import pyarrow.parquet as pq
 
 from detbatch import storage
 from detbatch.config import ConfigError
-from detbatch.detect.read import listed_size
-from detbatch.detect.output import LISTING_FILE, PLAN_FILE
-from detbatch.detect.units import InputListing, ListingSummary, list_input
+from detbatch.detect.listing import ListingJob, Listed, read_part, write_part
+from detbatch.detect.output import LISTING_DIR, LISTING_FILE, PLAN_FILE, VERIFY_DIR, OpenedOutput, record_input
+from detbatch.detect.units import (
+    InputListing,
+    ListingSummary,
+    choose_format,
+    digest_hex,
+    gather,
+    input_shape,
+    kind_files,
+    listed_size,
+    plan_rows,
+)
 from detbatch.errors import InputError
 
 if TYPE_CHECKING:
@@ -43,54 +59,62 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Version of the plan's layout (in its metadata); a plan of another version is ignored and rewritten.
-PLAN_FORMAT = 2
+# Version of the plan's layout (in its metadata). 3: listing parts, a row per part of image files.
+# 2 (a row per unit of image files, the listing in one file) is still read; any other is ignored.
+PLAN_FORMAT = 3
+_READ_FORMATS = (2, 3)
 _META_KEY = b"detbatch.plan"
 
-# uris: image files: the unit's files; a shard or an index: that one file. sizes: image files: each one's
-# size as listed (-1: unknown), so that read_unit refuses one over max_bytes without a request.
-# start, stop: an index: the row's rows [start, stop) of its index file; -1 otherwise. step: an index file's
-# row, cut into units of step rows numbered from unit; -1: the row is one unit.
+# uris: a listing part of image files (its name in the output), a shard or an index file: that one file;
+# or, in a unit of image files (a stream's, or a plan of format 2), the unit's files. sizes: the files'
+# sizes as listed (-1: unknown), so that read_unit refuses one over max_bytes without a request.
+# start, stop: the row's rows [start, stop) of its part or index file; -1 otherwise. step: the row is cut
+# into units of step rows numbered from unit; -1: the row is one unit.
 PLAN_SCHEMA = pa.schema([
     ("unit", pa.int64()), ("kind", pa.string()), ("uris", pa.list_(pa.string())),
     ("image_ids", pa.list_(pa.int64())), ("sizes", pa.list_(pa.int64())), ("start", pa.int64()), ("stop", pa.int64()),
     ("step", pa.int64()),
 ])
-LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("version", pa.string())])
-
-# Units gathered into one Arrow batch while the plan is built: the driver never holds them as Python
-# objects all at once.
-UNITS_PER_BATCH = 4096
 
 
-def plan_table(units: Iterable[dict[str, Any]], listing: InputListing, summary: ListingSummary) -> pa.Table:
-    """The plan of ``units`` (:func:`detbatch.detect.units.plan_rows`, or the units of
-    :func:`~detbatch.detect.units.unit_rows`) as a :data:`PLAN_SCHEMA` table with ``summary`` in its
-    metadata; image files get their listed ``sizes``."""
-    sizes = ({u: listed_size(v) for u, v in zip(listing.uris, listing.versions)}
-             if listing.kind == "images" else {})
-    batches, rows = [], []
+@dataclass(frozen=True)
+class StoredPlan:
+    table: pa.Table
+    summary: ListingSummary
+    listing: list[str]
+    """The listing's files (names relative to the output), in order."""
 
-    def flush() -> None:
-        if rows:
-            batches.append(pa.RecordBatch.from_pylist(rows, schema=PLAN_SCHEMA))
-            rows.clear()
 
-    for u in units:
-        listed = [sizes.get(uri) for uri in u["uris"]] if listing.kind == "images" else []
-        rows.append({"unit": u["unit"], "kind": u["kind"], "uris": u["uris"], "image_ids": u["image_ids"],
-                     "sizes": [-1 if s is None else s for s in listed],
-                     "start": u.get("start", -1), "stop": u.get("stop", -1), "step": u.get("step", -1)})
-        if len(rows) == UNITS_PER_BATCH:
-            flush()
-    flush()
-    table = pa.Table.from_batches(batches, schema=PLAN_SCHEMA)
-    meta = {"format": PLAN_FORMAT, **asdict(summary)}
+@dataclass(frozen=True)
+class ListedInput:
+    """A listing written into an output: its summary, its parts (names relative to the output, and rows),
+    and for shards and index files the listing itself (few files), which their plan is made from."""
+
+    summary: ListingSummary
+    parts: list[tuple[str, int]]
+    listing: InputListing | None
+
+
+def plan_table(rows: Iterable[dict[str, Any]], summary: ListingSummary, listing: list[str] = ()) -> pa.Table:
+    """``rows`` (:func:`detbatch.detect.units.plan_rows`, its units, or :func:`part_rows`) as a
+    :data:`PLAN_SCHEMA` table with ``summary`` and the ``listing`` parts in its metadata."""
+    rows = [{"image_ids": [], "sizes": [], "start": -1, "stop": -1, "step": -1, **r} for r in rows]
+    table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+    meta = {"format": PLAN_FORMAT, **asdict(summary), "listing": list(listing)}
     return table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
 
 
+def part_rows(parts: list[tuple[str, int]], images_per_unit: int) -> Iterator[dict[str, Any]]:
+    """The plan rows of a listing of image files: one per part, cut into units of ``images_per_unit``
+    files, numbered on across the parts."""
+    unit = 0
+    for name, rows in parts:
+        yield {"unit": unit, "kind": "images", "uris": [name], "start": 0, "stop": rows, "step": images_per_unit}
+        unit += -(-rows // images_per_unit)
+
+
 def unit_ids(plan: pa.Table) -> tuple["np.ndarray", "np.ndarray"]:
-    """Every unit of ``plan`` in order, and the plan row each belongs to (an index file's row holds
+    """Every unit of ``plan`` in order, and the plan row each belongs to (a row of ``step`` > 0 holds
     ``ceil((stop - start) / step)`` units numbered from its ``unit``): two int64 arrays, 16 B per unit."""
     import numpy as np
 
@@ -104,88 +128,159 @@ def unit_ids(plan: pa.Table) -> tuple["np.ndarray", "np.ndarray"]:
     return first[row_of] + offsets, row_of
 
 
+def part_units(row: dict[str, Any], output: str) -> Iterator[dict[str, Any]]:
+    """The units of a plan row of image files with ``step`` > 0: its listing part read once, then one unit
+    (with its files, ids and sizes) per ``step`` rows of ``[start, stop)``, numbered from its ``unit``."""
+    part = read_part(storage.join(output, row["uris"][0]), ["uri", "size", "image_id"]).to_pydict()
+    step, stop = row["step"], row["stop"]
+    for k, start in enumerate(range(row["start"], stop, step)):
+        end = min(start + step, stop)
+        yield {"unit": row["unit"] + k, "kind": "images", "uris": part["uri"][start:end],
+               "image_ids": part["image_id"][start:end], "sizes": part["size"][start:end],
+               "start": -1, "stop": -1, "step": -1}
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
 
 
-def write_plan(output: str, plan: pa.Table, listing: InputListing) -> None:
-    """Write the listing, then the plan (its presence says both are whole)."""
-    stored = pa.table({"uri": list(listing.uris), "version": list(listing.versions)}, schema=LISTING_SCHEMA)
-    storage.write_bytes(storage.join(output, LISTING_FILE), _parquet_bytes(stored))
+def write_plan(output: str, plan: pa.Table) -> None:
+    """Write the plan, after its listing parts: its presence says both are whole."""
     storage.write_bytes(storage.join(output, PLAN_FILE), _parquet_bytes(plan))
 
 
-def read_plan(output: str) -> tuple[pa.Table, ListingSummary] | None:
-    """The plan of ``output`` and its listing's summary, or None when there is none (or of another format)."""
+def read_plan(output: str) -> StoredPlan | None:
+    """The plan of ``output``, or None when there is none (or of a format this detbatch does not read)."""
     try:
         data = storage.read_bytes(storage.join(output, PLAN_FILE))
     except FileNotFoundError:
         return None
     table = pq.read_table(io.BytesIO(data))
     meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
-    if meta.pop("format", None) != PLAN_FORMAT:
+    if meta.pop("format", None) not in _READ_FORMATS:
         return None
-    return table.cast(PLAN_SCHEMA), ListingSummary(**meta)
+    listing = meta.pop("listing", [LISTING_FILE])
+    return StoredPlan(table.cast(PLAN_SCHEMA), ListingSummary(**meta), listing)
 
 
-def read_listing(output: str) -> dict[str, str]:
-    """uri -> version of the listing stored with the plan."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(output, LISTING_FILE))))
-    return dict(zip(table.column("uri").to_pylist(), table.column("version").to_pylist()))
+def listed_files(output: str, names: list[str]) -> Iterator[tuple[str, str]]:
+    """``(uri, version)`` of every file of a listing stored in ``output`` (its parts, in order), one part
+    in memory at a time."""
+    for name in names:
+        part = read_part(storage.join(output, name), ["uri", "version"])
+        yield from zip(part.column("uri").to_pylist(), part.column("version").to_pylist())
 
 
-def input_changes(then: dict[str, str], now: InputListing, shown: int = 3) -> str:
-    """What differs between a stored listing and a new one ("" when nothing): files added, removed and
-    replaced (another size or ETag/mtime), each with its first few names."""
-    current = dict(zip(now.uris, now.versions))
-    added = [u for u in now.uris if u not in then]
-    removed = sorted(u for u in then if u not in current)
-    replaced = [u for u in now.uris if u in then and then[u] != current[u]]
+def input_changes(then: Iterable[tuple[str, str]], now: Iterable[tuple[str, str]], shown: int = 3) -> str:
+    """What differs between two listings, each ``(uri, version)`` in sorted order ("" when nothing): files
+    added, removed and replaced (another size or ETag/mtime), each with its first few names. One pass
+    over both, as a merge: neither is held whole."""
+    found: dict[str, list[str]] = {"added": [], "removed": [], "replaced": []}
+    counts = dict.fromkeys(found, 0)
+
+    def note(what: str, uri: str) -> None:
+        counts[what] += 1
+        if len(found[what]) < shown:
+            found[what].append(uri)
+
+    old, new = iter(then), iter(now)
+    a, b = next(old, None), next(new, None)
+    while a is not None or b is not None:
+        if b is None or a is not None and a[0] < b[0]:
+            note("removed", a[0])
+            a = next(old, None)
+        elif a is None or b[0] < a[0]:
+            note("added", b[0])
+            b = next(new, None)
+        else:
+            if a[1] != b[1]:
+                note("replaced", a[0])
+            a, b = next(old, None), next(new, None)
     parts = []
-    for what, uris in (("added", added), ("removed", removed), ("replaced", replaced)):
-        if uris:
-            more = f", ... {len(uris) - shown} more" if len(uris) > shown else ""
-            parts.append(f"{len(uris)} {what} ({', '.join(uris[:shown])}{more})")
+    for what, uris in found.items():
+        if counts[what]:
+            more = f", ... {counts[what] - shown} more" if counts[what] > shown else ""
+            parts.append(f"{counts[what]} {what} ({', '.join(uris)}{more})")
     return "; ".join(parts)
 
 
-def listing_or_plan(config: "DetectConfig") -> tuple[InputListing | None, pa.Table | None, ListingSummary]:
-    """``(listing, None, its summary)`` for a new output (or with ``--overwrite``); ``(None, plan, its
-    summary)`` for a rerun over an output with a persisted plan, without listing the input; with
-    ``--verify-input`` the input is listed too and a change from the plan's listing is refused."""
-    from detbatch.runtime import init_ray
+def _clear(output: str, folder: str, keep: Iterable[str] = ()) -> None:
+    """Remove the files of ``folder`` in ``output``, but those named ``keep`` (relative to the output)."""
+    uri = storage.join(output, folder)
+    kept = set(keep)
+    storage.remove([storage.join(uri, n) for n in storage.list_names(uri, hidden=True) if f"{folder}/{n}" not in kept])
 
-    inp, out = config.input, config.output
-    stored = None if out.overwrite else read_plan(out.uri)
-    if stored is not None and not inp.verify:
-        logger.info("%s: resuming from its plan (%d rows); the input is not listed (--verify-input lists "
-                    "it and compares)", out.uri, stored[0].num_rows)
-        return None, *stored
-    if inp.parallel_listing and _is_folder(inp.uri):
-        init_ray(config.ray.address)  # list sub-prefixes in tasks (detbatch.detect.listing)
-    listing = list_input(inp.uri, inp.format, parallel=None if inp.parallel_listing else False)
-    if listing.kind == "index" and inp.manifest:
+
+def remove_stray_parts(output: str, plan: pa.Table) -> None:
+    """Remove the listing parts ``plan`` does not name: those a listing task of a killed run wrote after
+    this run had emptied the folder (the caller holds the lease)."""
+    meta = json.loads((plan.schema.metadata or {}).get(_META_KEY, b"{}"))
+    if "listing" in meta:
+        _clear(output, LISTING_DIR, keep=meta["listing"])
+
+
+def list_into(config: "DetectConfig", folder: str, manifest: dict[str, int] | None) -> ListedInput:
+    """List the input into ``folder`` of the output (emptied first; the caller holds the lease): image
+    files as parts written by the listing tasks, shards and index files as one part written here."""
+    inp, out = config.input, config.output.uri
+    shape = input_shape(inp.uri)
+    _clear(out, folder)
+    parts = storage.join(out, folder)
+    job = ListingJob(root=shape.root, parts=parts, images=inp.format in ("auto", "images"), manifest=manifest)
+    listed: Listed = gather(shape, job, parallel=None if inp.parallel_listing else False)
+    named = [(f"{folder}/{name}", rows) for name, rows in listed.parts]
+    try:
+        kind = choose_format(inp.uri, inp.format, listed)
+    except InputError:
+        _clear(out, folder)
+        raise
+    if kind == "images":
+        summary = ListingSummary(kind, shape.root, digest_hex(listed.names), digest_hex(listed.contents),
+                                 listed.counts["images"])
+        return ListedInput(summary, named, None)
+    if kind == "index" and inp.manifest:
         raise ConfigError(f"--manifest {inp.manifest} cannot be used with an index input ({inp.uri}); give "
                           f"the images their ids in the index's image_id column (docs/data.md)")
+    storage.remove([storage.join(out, name) for name, _ in named])  # image files beside shards: not this run's
+    files = kind_files(kind, listed.others)
+    listing = InputListing(kind, shape.root, tuple(u for u, _ in files), tuple(v for _, v in files))
+    name, rows = write_part(parts, [{"uri": u, "version": v, "size": listed_size(v), "image_id": -1} for u, v in files])
+    return ListedInput(listing.summary(), [(f"{folder}/{name}", rows)], listing)
+
+
+def plan_input(config: "DetectConfig", opened: OpenedOutput, manifest: dict[str, int] | None,
+               stored: StoredPlan | None) -> tuple[pa.Table, ListingSummary]:
+    """The plan of a run that lists its input (Ray up, the output's lease held): a first run lists, records
+    the listing's digests in state.json (refusing an input other than the one an earlier run started on),
+    and writes its plan; with ``stored`` (``--verify-input`` over a planned output) the input is listed
+    again and a change from the stored listing refused."""
+    out = config.output.uri
     if stored is not None:
-        changes = input_changes(read_listing(out.uri), listing)
-        if changes or stored[1].digest != listing.digest:
-            raise InputError(f"--verify-input: {inp.uri} changed since {out.uri} was planned: {changes}; use "
+        try:
+            now = list_into(config, VERIFY_DIR, manifest)
+            same = (now.summary.digest, now.summary.content_digest) == (stored.summary.digest, stored.summary.content_digest)
+            # A plan of format 2 has digests of another kind: the merge says whether the files are the same.
+            changes = "" if same else input_changes(listed_files(out, stored.listing),
+                                                    listed_files(out, [n for n, _ in now.parts])) or \
+                ("" if now.summary.kind == stored.summary.kind else f"{stored.summary.kind} then, {now.summary.kind} now")
+        finally:
+            _clear(out, VERIFY_DIR)
+        if changes:
+            raise InputError(f"--verify-input: {config.input.uri} changed since {out} was planned: {changes}; use "
                              f"another --output, or --overwrite to start over")
-        logger.info("--verify-input: %s lists the same %d files as the plan", inp.uri, listing.num_inputs)
-        return None, *stored
-    return listing, None, listing.summary()
-
-
-def _is_folder(uri: str) -> bool:
-    """Whether ``uri`` is a folder or prefix, what a parallel listing splits: not a file, a glob, or nothing
-    (which :func:`list_input` then names, before Ray is started for it)."""
-    fs, path = storage.resolve(uri)
-    if any(c in path for c in "*?["):
-        return False
-    try:
-        return storage.retrying(lambda: fs.info(path), f"{uri}: look").get("type") == "directory"
-    except Exception:  # not found, or unreachable: list_input's error says which
-        return False
+        logger.info("--verify-input: %s lists the same %d files as the plan", config.input.uri, now.summary.num_inputs)
+        record_input(opened, stored.summary)
+        return stored.table, stored.summary
+    now = list_into(config, LISTING_DIR, manifest)
+    record_input(opened, now.summary)
+    images_per_unit = config.input.images_per_unit
+    rows = part_rows(now.parts, images_per_unit) if now.listing is None else \
+        plan_rows(now.listing, images_per_unit, manifest)
+    plan = plan_table(rows, now.summary, [n for n, _ in now.parts])
+    opened.lease.check()
+    write_plan(out, plan)
+    logger.info("%s: %d %s inputs in %d listing parts; plan of %d rows", config.input.uri, now.summary.num_inputs,
+                now.summary.kind, len(now.parts), plan.num_rows)
+    return plan, now.summary

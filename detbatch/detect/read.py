@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 
 from detbatch import storage
-from detbatch.detect.units import IMAGE_EXTENSIONS, InputListing, derived_image_id, image_id_for
+from detbatch.detect.units import IMAGE_EXTENSIONS, derived_image_id, image_id_for
 from detbatch.errors import InputError
 
 # The columns that name a row at every stage from here to the sink: its unit, its place in the unit
@@ -50,23 +50,6 @@ def over_max_bytes(what: str, size: int, max_bytes: int | None) -> str | None:
     if max_bytes is None or size <= max_bytes:
         return None
     return f"{what} of {size} bytes exceeds input.max_bytes={max_bytes}"
-
-
-def listed_size(version: str) -> int | None:
-    """The size in a listing's version string (``size:tag``, :func:`detbatch.detect.units.file_version`),
-    or None when the listing did not know it."""
-    size = version.split(":", 1)[0]
-    return int(size) if size.isdigit() else None
-
-
-def with_listed_sizes(units: list[dict[str, Any]], listing: InputListing) -> list[dict[str, Any]]:
-    """Image-file ``units`` (:func:`~detbatch.detect.units.plan_units`) with ``sizes`` beside ``uris``: each
-    file's size as listed (-1: unknown), so that :func:`read_unit` refuses a file over ``max_bytes``
-    without a request. Shard units are returned as they are (their members' sizes are in the shard)."""
-    if listing.kind != "images":
-        return units
-    sizes = {uri: listed_size(version) for uri, version in zip(listing.uris, listing.versions)}
-    return [{**u, "sizes": [-1 if sizes.get(uri) is None else sizes[uri] for uri in u["uris"]]} for u in units]
 
 
 def read_file(uri: str, max_bytes: int | None = None, size: int | None = None) -> tuple[bytes | None, str | None]:

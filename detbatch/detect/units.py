@@ -17,6 +17,7 @@ import json
 import logging
 import posixpath
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Iterator
 
 from detbatch import storage
@@ -68,24 +69,35 @@ class InputListing:
     @property
     def digest(self) -> str:
         """Fingerprint of the file names: a rerun on another set of files is refused rather than mixed."""
-        return _digest(self.uris)
+        return digest_hex(names_sum(self.uris))
 
     @property
     def content_digest(self) -> str:
         """Fingerprint of names and versions: a file replaced under the same name changes it too."""
-        return _digest(f"{u}\0{v}" for u, v in zip(self.uris, self.versions, strict=True))
+        return digest_hex(names_sum(f"{u}\0{v}" for u, v in zip(self.uris, self.versions, strict=True)))
 
     def relative_name(self, uri: str) -> str:
         """``uri``'s name below the listing's root, as a manifest's ``file_name`` gives it."""
         return relative_name(uri, self.root, self.kind)
 
 
-def _digest(items: Any) -> str:
-    h = hashlib.sha256()
+# A listing's digests are sums of a SHA-256 per item, modulo 2**256: listing tasks each sum the files they
+# found and the sums add up, so that no file crosses to the driver for it (detbatch.detect.listing). The
+# order of a listing is a function of its names (sorted), so a digest of the set is a digest of the listing.
+_DIGEST_MODULUS = 1 << 256
+
+
+def names_sum(items: Iterable[str]) -> int:
+    """The sum of the items' SHA-256 values (as 256-bit integers), modulo 2**256."""
+    total = 0
     for item in items:
-        h.update(item.encode())
-        h.update(b"\0")
-    return h.hexdigest()
+        total += int.from_bytes(hashlib.sha256(item.encode()).digest(), "big")
+    return total % _DIGEST_MODULUS
+
+
+def digest_hex(total: int) -> str:
+    """A listing digest as state.json and the plan record it."""
+    return f"{total % _DIGEST_MODULUS:064x}"
 
 
 def file_version(info: dict[str, Any]) -> str:
@@ -94,77 +106,134 @@ def file_version(info: dict[str, Any]) -> str:
     return f"{info.get('size')}:{str(tag).strip(chr(34))}"
 
 
+def listed_size(version: str) -> int:
+    """The size in a listing's version string (``size:tag``, :func:`file_version`), -1 when unknown."""
+    size = version.split(":", 1)[0]
+    return int(size) if size.isdigit() else -1
+
+
 def _extension(path: str) -> str:
     return posixpath.splitext(path)[1].lower()
 
 
 def list_input(uri: str, format: str = "auto", parallel: bool | None = None) -> InputListing:
-    """List ``uri`` (a file, a folder/prefix, or a glob) into a sorted :class:`InputListing`.
+    """List ``uri`` (a file, a folder/prefix, or a glob) into a sorted :class:`InputListing`, in memory.
 
-    ``parallel``: list a folder/prefix in Ray tasks, one per sub-prefix (:func:`detbatch.detect.listing.find`);
-    None: when Ray is up. The result is the same either way. An index (``format`` ``index``, or with
-    ``auto`` CSV/JSON-lines files, or Parquet whose first file has a ``uri`` and no ``image`` column) lists
-    the index files; their rows are read by tasks (:mod:`detbatch.detect.index`).
+    ``parallel``: list a folder/prefix in Ray tasks, one per sub-prefix (:mod:`detbatch.detect.listing`);
+    None: when Ray is up; False: one ``find`` here. The result is the same either way. An index (``format``
+    ``index``, or with ``auto`` CSV/JSON-lines files, or Parquet whose first file has a ``uri`` and no
+    ``image`` column) lists the index files; their rows are read by tasks (:mod:`detbatch.detect.index`).
+    ``detbatch detect`` lists image files into the output instead (:func:`list_into`), never holding them.
     """
-    from detbatch.detect.index import INDEX_EXTENSIONS, is_index_schema, parquet_columns
-    from detbatch.detect.listing import find
+    from detbatch.detect.listing import ListingJob
 
+    shape = input_shape(uri)
+    listed = gather(shape, ListingJob(root=shape.root, parts=None, images=format in ("auto", "images")), parallel)
+    kind = choose_format(uri, format, listed)
+    if kind == "images":
+        rows = listed.images or []
+        return InputListing(kind, shape.root, tuple(r["uri"] for r in rows), tuple(r["version"] for r in rows))
+    files = kind_files(kind, listed.others)
+    return InputListing(kind, shape.root, tuple(u for u, _ in files), tuple(v for _, v in files))
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """What ``--input`` names: a ``glob``, a ``file`` or a ``folder``, and the root of its file names."""
+
+    uri: str
+    shape: str
+    root: str
+
+
+def input_shape(uri: str) -> InputShape:
+    """Look ``uri`` up (one request): :class:`InputError` when there is nothing there."""
     fs, path = storage.resolve(uri)
+    if any(c in path for c in "*?["):
+        fixed = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        root_path = fixed if fixed.endswith("/") else posixpath.dirname(fixed)
+        return InputShape(uri, "glob", storage.to_uri(fs, root_path.rstrip("/")))
 
-    def listed() -> tuple[dict[str, Any], str]:
+    def look() -> dict[str, Any]:
         fs.invalidate_cache(path)
-        if any(c in path for c in "*?["):
-            fixed = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
-            root_path = fixed if fixed.endswith("/") else posixpath.dirname(fixed)
-            return {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}, root_path
         # info(), not isfile()/isdir(): those take any error, a 500 included, for "no such thing"
         try:
-            info = fs.info(path)
+            return fs.info(path)
         except FileNotFoundError:
             raise InputError(f"{uri}: no such file, folder or prefix (check the URI and your credentials)") from None
-        if info.get("type") == "file":
-            return {path: info}, posixpath.dirname(path)
-        return find(fs, path, parallel), path
 
+    info = _listing_call(uri, look)
+    if info.get("type") == "file":
+        return InputShape(uri, "file", storage.to_uri(fs, posixpath.dirname(path)))
+    return InputShape(uri, "folder", storage.to_uri(fs, path.rstrip("/")))
+
+
+def _listing_call(uri: str, call: Any) -> Any:
+    """``call()`` with transient faults retried; any other failure of a listing a :class:`StorageError`."""
     try:
-        infos, root_path = storage.retrying(listed, f"{uri}: list")
+        return storage.retrying(call, f"{uri}: list")
     except (InputError, storage.TransientStorageError):
         raise
     except Exception as e:  # network and permission errors of every fsspec backend
         raise storage.StorageError(storage.describe_error(uri, e)) from e
-    paths = sorted(infos)
 
-    by_kind = {
-        "images": [p for p in paths if _extension(p) in IMAGE_EXTENSIONS],
-        **{kind: [p for p in paths if _extension(p) == ext] for kind, ext in SHARD_EXTENSIONS.items()},
-    }
-    # Text tables are only ever an index; Parquet is one when it has a uri column and no image column.
-    text_tables = [p for p in paths if _extension(p) in INDEX_EXTENSIONS and _extension(p) != ".parquet"]
+
+def gather(shape: InputShape, job: Any, parallel: bool | None = None) -> Any:
+    """Every file ``shape`` names, as a :class:`detbatch.detect.listing.Listed` for ``job``."""
+    from detbatch.detect.listing import found_in, list_tree, walk
+
+    fs, path = storage.resolve(shape.uri)
+    if shape.shape == "folder":
+        return walk(list_tree(shape.uri, job, parallel), job)
+
+    def files() -> dict[str, Any]:
+        fs.invalidate_cache(path)
+        if shape.shape == "glob":
+            return {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
+        return {path: fs.info(path)}
+
+    found = found_in(fs, _listing_call(shape.uri, files), [], job)
+    return walk(iter([("found", found), *found.segments]), job)
+
+
+def choose_format(uri: str, format: str, listed: Any) -> str:
+    """The input's kind from a listing's counts (``format`` auto: the one kind present, an index when the
+    Parquet files have a ``uri`` column and no ``image`` one); :class:`InputError` naming what was found
+    when there is none, several, or none of the kind asked for."""
+    from detbatch.detect.index import INDEX_EXTENSIONS, is_index_schema, parquet_columns
+
+    counts = listed.counts
+    total = sum(counts.values())
+    present_of = {"images": counts["images"], "tar": counts["tar"], "parquet": counts["parquet"], "index": counts["text"]}
     if format == "auto":
-        present = [k for k, v in [*by_kind.items(), ("index", text_tables)] if v]
+        present = [k for k, n in present_of.items() if n]
         if not present:
             raise InputError(
-                f"{uri}: found {len(paths)} files but no images ({', '.join(sorted(IMAGE_EXTENSIONS))}), "
+                f"{uri}: found {total} files but no images ({', '.join(sorted(IMAGE_EXTENSIONS))}), "
                 f"no .tar or .parquet shards and no index ({', '.join(INDEX_EXTENSIONS)})"
             )
-        if present == ["parquet"] and is_index_schema(parquet_columns(storage.to_uri(fs, by_kind["parquet"][0]))):
+        if present == ["parquet"] and is_index_schema(parquet_columns(kind_files("parquet", listed.others)[0][0])):
             present = ["index"]
         if len(present) > 1:
-            counts = ", ".join(f"{len(by_kind.get(k, text_tables))} {k}" for k in present)
-            raise InputError(f"{uri}: mixed input ({counts}); choose one with --input-format images|tar|parquet|index")
+            found = ", ".join(f"{present_of[k]} {k}" for k in present)
+            raise InputError(f"{uri}: mixed input ({found}); choose one with --input-format images|tar|parquet|index")
         format = present[0]
-    by_kind["index"] = [p for p in paths if _extension(p) in INDEX_EXTENSIONS]
-    if format not in by_kind:
+    if format not in present_of:
         raise InputError(f"unknown input format {format!r}; choose auto, images, tar, parquet or index")
-    chosen = by_kind[format]
+    chosen = counts["parquet"] + counts["text"] if format == "index" else present_of[format]
     if not chosen:
-        raise InputError(f"{uri}: no {format} files found ({len(paths)} other files)")
-    ignored = len(paths) - len(chosen)
-    if ignored:
-        logger.info("%s: ignoring %d files that are not %s", uri, ignored, format)
-    root = storage.to_uri(fs, root_path.rstrip("/"))
-    return InputListing(kind=format, root=root, uris=tuple(storage.to_uri(fs, p) for p in chosen),
-                        versions=tuple(file_version(infos[p]) for p in chosen))
+        raise InputError(f"{uri}: no {format} files found ({total} other files)")
+    if total - chosen:
+        logger.info("%s: ignoring %d files that are not %s", uri, total - chosen, format)
+    return format
+
+
+def kind_files(kind: str, others: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``(uri, version)`` of a listing's shards or index files of ``kind``, sorted."""
+    from detbatch.detect.index import INDEX_EXTENSIONS
+
+    wanted = tuple(INDEX_EXTENSIONS) if kind == "index" else (SHARD_EXTENSIONS[kind],)
+    return sorted((u, v) for u, v in others if _extension(u.split("?", 1)[0]) in wanted)
 
 
 def load_manifest(uri: str) -> dict[str, int]:
@@ -254,7 +323,9 @@ def plan_rows(
     for i, start in enumerate(range(0, len(listing.uris), images_per_unit)):
         uris = list(listing.uris[start : start + images_per_unit])
         ids = [image_id_for(u, listing.relative_name(u), manifest, None) for u in uris]
-        yield {"unit": i, "kind": "images", "uris": uris, "image_ids": ids}
+        # Each file's size as listed (-1: unknown), so that read_unit refuses one over max_bytes unread.
+        sizes = [listed_size(v) for v in listing.versions[start : start + images_per_unit]] if listing.versions else []
+        yield {"unit": i, "kind": "images", "uris": uris, "image_ids": ids, "sizes": sizes}
 
 
 def units_in(row: dict[str, Any]) -> int:

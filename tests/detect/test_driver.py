@@ -182,7 +182,7 @@ def test_an_index_files_plan_row_is_cut_into_units_each_read_by_its_own_task(sha
     (tmp_path / "index").mkdir()
     pacsv.write_csv(pa.table({"uri": files}), tmp_path / "index" / "images.csv")
     listing = units.list_input(str(tmp_path / "index"))
-    table = plan.plan_table(units.plan_rows(listing, 2, None), listing, listing.summary())
+    table = plan.plan_table(units.plan_rows(listing, 2, None), listing.summary())
     assert table.num_rows == 1 and plan.unit_ids(table)[0].tolist() == [0, 1, 2, 3]
     ds = read_and_decode(table, listing.summary(), None, {}, decode_cpus=0.5, finished=np.array([1]))
     blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))

@@ -54,7 +54,7 @@ def test_an_index_is_listed_planned_and_read_in_ranges(tmp_path, images, kind, e
     rows = list(units.plan_rows(listing, 2, None))
     assert [(r["unit"], r["start"], r["stop"], r["step"]) for r in rows] == [(0, 0, 3, 2), (2, 0, 2, 2)]
     assert [u for r in rows for u in units.index_units(r)] == [{**u, "step": -1} for u in planned]
-    ids, row_of = plan.unit_ids(plan.plan_table(rows, listing, listing.summary()))
+    ids, row_of = plan.unit_ids(plan.plan_table(rows, listing.summary()))
     assert ids.tolist() == [0, 1, 2] and row_of.tolist() == [0, 0, 1]
 
     read_rows = [r for u in planned for r in read.read_unit(u, None, [])]

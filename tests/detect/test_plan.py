@@ -3,7 +3,7 @@ listing the input (locally and on S3), and compared with a new listing under --v
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -13,6 +13,7 @@ import pytest
 from detbatch import storage
 from detbatch.detect import driver, plan, sink, units
 from detbatch.detect.driver import run_detect
+from detbatch.detect.output import LISTING_DIR, VERIFY_DIR
 from detbatch.errors import InputError
 from tests.helpers.exactly_once import (
     NUM_INPUTS,
@@ -28,25 +29,52 @@ def _no_listing(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the input was listed (or planned) again")
 
-    monkeypatch.setattr(plan, "list_input", refuse)  # where the listing is made (plan.listing_or_plan)
-    monkeypatch.setattr(driver, "plan_rows", refuse)
+    monkeypatch.setattr(plan, "gather", refuse)  # where the listing is made (plan.list_into)
+    monkeypatch.setattr(plan, "plan_table", refuse)
+
+
+def _listed_config(input_uri: str, out: str) -> "DetectConfig":
+    from detbatch.config import load_config
+    from detbatch.detect.config import DetectConfig
+
+    return load_config(DetectConfig, None, {"input.uri": input_uri, "output.uri": out})
 
 
 def test_plan_round_trip_and_changes(image_dir, tmp_path):
-    listing = units.list_input(str(image_dir))
-    table = plan.plan_table(units.unit_rows(listing, 2, None), listing, listing.summary())
     out = str(tmp_path / "out")
-    plan.write_plan(out, table, listing)
-    read, summary = plan.read_plan(out)
-    assert read.equals(table) and summary == listing.summary()
-    assert read.column("sizes").to_pylist() == [[len((image_dir / "a.png").read_bytes())] * 2, [len((image_dir / "sub/c.PNG").read_bytes())]]
-    assert plan.input_changes(plan.read_listing(out), listing) == ""
+    config = _listed_config(str(image_dir), out)
+    listed = plan.list_into(config, LISTING_DIR, None)
+    names = [n for n, _ in listed.parts]
+    assert [n for _, n in listed.parts] == [3] and all(n.startswith(LISTING_DIR + "/part-") for n in names)
+    table = plan.plan_table(plan.part_rows(listed.parts, 2), listed.summary, names)
+    plan.write_plan(out, table)
+    stored = plan.read_plan(out)
+    assert stored.table.equals(table) and stored.summary == listed.summary and stored.listing == names
+    assert stored.summary == units.list_input(str(image_dir)).summary()  # the in-memory listing's digests
+    assert plan.unit_ids(table)[0].tolist() == [0, 1]
+    size = len((image_dir / "a.png").read_bytes())
+    row = stored.table.to_pylist()[0]
+    assert [(u["unit"], [Path(p).name for p in u["uris"]], u["sizes"]) for u in plan.part_units(row, out)] == [
+        (0, ["a.png", "b.png"], [size, size]), (1, ["c.PNG"], [size])]
+    same = plan.list_into(config, VERIFY_DIR, None)
+    assert plan.input_changes(plan.listed_files(out, names), plan.listed_files(out, [n for n, _ in same.parts])) == ""
     (image_dir / "a.png").write_bytes(b"other bytes")
     (image_dir / "b.png").unlink()
     (image_dir / "d.png").write_bytes(b"new")
-    changes = plan.input_changes(plan.read_listing(out), units.list_input(str(image_dir)))
+    now = plan.list_into(config, VERIFY_DIR, None)  # the folder emptied first
+    assert len(storage.list_names(storage.join(out, VERIFY_DIR))) == 1
+    changes = plan.input_changes(plan.listed_files(out, names), plan.listed_files(out, [n for n, _ in now.parts]))
     assert changes == (f"1 added ({image_dir}/d.png); 1 removed ({image_dir}/b.png); "
                        f"1 replaced ({image_dir}/a.png)")
+
+
+def test_input_changes_is_a_merge_of_two_sorted_listings():
+    then = [(f"s3://b/{i:03d}.png", "1:x") for i in range(0, 100, 2)]
+    now = [(u, "2:y" if u.endswith("010.png") else v) for u, v in then if not u.endswith(("000.png", "004.png"))]
+    now += [("s3://b/999.png", "1:x")] + [(f"s3://b/{i:03d}.png", "1:x") for i in range(1, 9, 2)]
+    assert plan.input_changes(iter(then), iter(sorted(now))) == (
+        "5 added (s3://b/001.png, s3://b/003.png, s3://b/005.png, ... 2 more); "
+        "2 removed (s3://b/000.png, s3://b/004.png); 1 replaced (s3://b/010.png)")
 
 
 def test_a_rerun_resumes_from_the_plan_without_listing(store, clean, monkeypatch):
@@ -54,8 +82,9 @@ def test_a_rerun_resumes_from_the_plan_without_listing(store, clean, monkeypatch
     finished from the plan alone, and --verify-input refuses an input that lists differently."""
     out = store.output("plan-resume")
     copy_tree(clean.output, out, keep=lambda name: name != "run.json" and not name.rsplit("/", 1)[-1].startswith("00000003-"))
-    stored, summary = plan.read_plan(out)
-    assert stored.num_rows == 8 and summary.num_inputs == NUM_INPUTS and summary.kind == "images"
+    stored = plan.read_plan(out)
+    assert stored.summary.num_inputs == NUM_INPUTS and stored.summary.kind == "images"
+    assert stored.table.num_rows == 1 and plan.unit_ids(stored.table)[0].tolist() == list(range(8))  # one part
     assert 3 not in sink.read_commit_log(out).finished
 
     _no_listing(monkeypatch)
@@ -65,16 +94,35 @@ def test_a_rerun_resumes_from_the_plan_without_listing(store, clean, monkeypatch
     check_invariants(out)
     monkeypatch.undo()
 
-    # The same files less one, one more: --verify-input lists again and names both.
+    # The same files less one, one more (the shared input is never changed: the listing is, as written):
+    # --verify-input lists again and names both, and leaves nothing of its listing behind.
     real = units.list_input(store.input)
     gone, added = real.uris[0], storage.join(store.input, "zz-new.png")
-    changed = dataclasses.replace(real, uris=(*real.uris[1:], added), versions=(*real.versions[1:], "9:x"))
-    monkeypatch.setattr(plan, "list_input", lambda *a, **k: changed)
+    monkeypatch.setattr(plan, "gather", _changed_gather(drop=gone, add=added))
     with pytest.raises(InputError, match=rf"--verify-input: .* changed since .*: 1 added \({added}\); "
                                          rf"1 removed \({gone}\); use another --output, or --overwrite"):
         run_detect(detect_config(store, out, **{"input.verify": True}))
-    monkeypatch.setattr(plan, "list_input", lambda *a, **k: real)
+    assert storage.list_names(storage.join(out, VERIFY_DIR)) == []
+    monkeypatch.undo()
     assert run_detect(detect_config(store, out, **{"input.verify": True})).already_complete
+    check_invariants(out)
+
+
+def _changed_gather(drop: str, add: str):
+    """plan.gather, its listing then rewritten without ``drop`` and with ``add`` (at the end: it sorts last)."""
+    from detbatch.detect import listing
+
+    def gather(shape, job, parallel=None):
+        listed = units.gather(shape, job, parallel)
+        rows = [r for name, _ in listed.parts for r in listing.read_part(storage.join(job.parts, name)).to_pylist()]
+        storage.remove([storage.join(job.parts, name) for name, _ in listed.parts])
+        rows = [r for r in rows if r["uri"] != drop] + [{"uri": add, "version": "9:x", "size": 9, "image_id": 1}]
+        listed.parts = [listing.write_part(job.parts, rows)]
+        listed.names = units.names_sum(r["uri"] for r in rows)
+        listed.contents = units.names_sum(f"{r['uri']}\0{r['version']}" for r in rows)
+        return listed
+
+    return gather
 
 
 def test_an_index_runs_like_its_files_and_resumes_from_its_plan(store, clean, tmp_path, monkeypatch):
@@ -100,9 +148,9 @@ def test_an_index_runs_like_its_files_and_resumes_from_its_plan(store, clean, tm
     pd.testing.assert_frame_equal(detections, expected, check_exact=False, rtol=1e-5)
     assert (expected.uri.nunique(), (images.status == "error").sum()) == (2, 1)
     check_invariants(out, num_inputs=3)
-    stored, summary = plan.read_plan(out)
-    assert summary.kind == "index" and summary.num_inputs == 1
-    assert stored.select(["unit", "start", "stop", "step"]).to_pylist() == [{"unit": 0, "start": 0, "stop": 3, "step": 2}]
+    stored = plan.read_plan(out)
+    assert stored.summary.kind == "index" and stored.summary.num_inputs == 1
+    assert stored.table.select(["unit", "start", "stop", "step"]).to_pylist() == [{"unit": 0, "start": 0, "stop": 3, "step": 2}]
     assert sorted(sink.read_commit_log(out).finished) == [0, 1]
 
     _no_listing(monkeypatch)

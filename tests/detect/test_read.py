@@ -173,12 +173,12 @@ def test_read_file_refuses_a_file_over_max_bytes(tmp_path):
     assert read.read_file(str(tmp_path / "a.png"), max_bytes=size - 1) == (None, error)  # no size given: once read
     # With the listing's size it is refused unread (a missing file would say "not found" otherwise).
     assert read.read_file(str(tmp_path / "gone.png"), max_bytes=10, size=11) == (None, "file of 11 bytes exceeds input.max_bytes=10")
-    assert read.listed_size("1234:abc") == 1234 and read.listed_size("None:") is None
+    assert units.listed_size("1234:abc") == 1234 and units.listed_size("None:") == -1
 
 
 def test_read_unit_takes_file_sizes_from_the_listing(image_dir):
     listing = units.list_input(str(image_dir))
-    (unit,) = read.with_listed_sizes(units.plan_units(listing, 10, None), listing)
+    (unit,) = units.plan_units(listing, 10, None)
     assert unit["sizes"] == [(image_dir / name).stat().st_size for name in ("a.png", "b.png", "sub/c.PNG")]
     (image_dir / "a.png").unlink()  # the listing's size refuses it before any read
     rows = list(read.read_unit(unit, None, [], max_bytes=min(unit["sizes"]) - 1))

@@ -31,7 +31,7 @@ from detbatch.config import load_config
 from detbatch.detect import sink
 from detbatch.detect.config import DetectConfig
 from detbatch.detect.lease import LEASE_DIR
-from detbatch.detect.output import LISTING_FILE, PLAN_FILE, RUN_FILE, STATE_FILE
+from detbatch.detect.output import LISTING_DIR, PLAN_FILE, RUN_FILE, STATE_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 STORAGES = ("local", "s3")
@@ -263,7 +263,8 @@ def check_invariants(output: str, foreign: dict[str, str] | None = None, debris_
         if folder == sink.ATTEMPTS_DIR:  # a record of an older run's call (a fenced one's), removed by the next run
             assert re.fullmatch(r"g\d{6}-.*\.json", base) and int(base[1:7]) < run["lease_generation"], name
             continue
-        assert name in (RUN_FILE, STATE_FILE, PLAN_FILE, LISTING_FILE) or folder == LEASE_DIR and base.endswith(".json") \
+        assert name in (RUN_FILE, STATE_FILE, PLAN_FILE) or folder == LEASE_DIR and base.endswith(".json") \
+            or folder == LISTING_DIR and re.fullmatch(r"part-[0-9a-f]{16}\.parquet", base) \
             or folder in sink.TABLES and sink.parse_part(base) is not None, f"{output}: unexpected file {name}"
     for name, digest in (foreign or {}).items():
         assert tree.get(name) == digest, f"{output}: the user's file {name} was changed or deleted"
