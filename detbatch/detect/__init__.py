@@ -2,7 +2,8 @@
 
 The modules read in the order a batch of images passes through them::
 
-    units     list the input, cut it into units (driver)
+    units     list the input, cut it into units (listing: in Ray tasks, into the output; plan: kept there)
+    stream    plan rows -> units -> read -> decode (CPU tasks)
     read      stream a unit's encoded images (CPU task)
     decode    bytes -> RGB pixels, or an error row (CPU task)
     detector  the pool's actor: model, then the commit of its call (GPU/CPU actor)

@@ -1,10 +1,11 @@
 """``detbatch detect``: images in storage -> detections in Parquet, exactly once.
 
-The pipeline (a Ray Data stream; the driver holds the plan, an Arrow table, and counters, never pixels or
-results; a rerun reads the plan from the output instead of listing: :mod:`detbatch.detect.plan`)::
+The pipeline (a Ray Data stream; the driver holds the plan, an Arrow table, and counters, never pixels,
+results or the input's files; the listing is written into the output by Ray tasks, and a rerun reads
+the plan from the output instead of listing: :mod:`detbatch.detect.plan`)::
 
-    units (driver) -> read_unit (CPU task) -> decode (CPU task)
-                   -> Detector: model + write_parts (actor pool, GPU/CPU) -> per-unit counts (driver)
+    plan rows (driver) -> units (CPU task) -> read_unit -> decode (CPU task: detbatch.detect.stream)
+                       -> Detector: model + write_parts (actor pool, GPU/CPU) -> per-unit counts (driver)
 
 See :mod:`detbatch.detect.sink` for the commit protocol that lets a rerun finish only what is left.
 """
@@ -17,7 +18,6 @@ import math
 import platform
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,21 +25,18 @@ import pyarrow.compute as pc
 
 from detbatch import __version__, storage
 from detbatch.detect import plan as plan_module
-from detbatch.detect import read, sink
-from detbatch.detect.units import InputListing, ListingSummary, index_units, input_shape, load_manifest
+from detbatch.detect import sink
+from detbatch.detect.stream import read_and_decode
+from detbatch.detect.units import ListingSummary, input_shape, load_manifest
 from detbatch.config import ConfigError
-from detbatch.detect.config import DetectConfig, InputConfig
+from detbatch.detect.config import DetectConfig
 from detbatch.detect.lease import Lease, LeaseLost
 from detbatch.detect.output import RUN_FILE, OpenedOutput, open_output
 from detbatch.detect.resources import Pool, actor_resources, placement_problem, resolve_pool
 from detbatch.detect.thresholds import ScoreThresholds, parse_score_threshold
 from detbatch.errors import RunFailed
 from detbatch.models import check_weights
-from detbatch.detect.decode import decode_batch
 from detbatch.detect.detector import Detector
-
-if TYPE_CHECKING:
-    import ray.data
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +48,6 @@ READ_TASK_RETRIES = 3
 # allowed 10 s (15-65 s). One lost node took 6-7 retries in tests/detect/test_chaos.py, and with
 # inference.max_retries below 2 it failed the run. 20 covers ~75 s unreachable; max_retries counts deaths.
 UNREACHABLE_RETRIES = 20
-# CPUs of the task that cuts an index file's plan row into units (it reads nothing).
-UNITS_STAGE_CPUS = 0.05
 
 class DetectIncomplete(RunFailed):
     """The stream ended with images uncommitted; a rerun of the same command finishes them."""
@@ -105,98 +100,6 @@ def _installed_version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "unknown"
-
-
-def _units_stage(rows: dict[str, Any], finished: "np.ndarray", output: str) -> Iterator["pa.Table"]:
-    """map_batches UDF over plan rows (batch_size=1): each unit of the row not in ``finished`` (sorted), as
-    a one-row :data:`~detbatch.detect.plan.PLAN_SCHEMA` table: one block per unit. A listing part of image
-    files (in ``output``) is read here, once, and its units carry their files."""
-    for i in range(len(rows["unit"])):
-        row = {k: rows[k][i] for k in rows}
-        row = {k: list(v) if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
-               for k, v in row.items()}
-        units = plan_module.part_units(row, output) if row["kind"] == "images" and row["step"] > 0 else index_units(row)
-        for unit in units:
-            at = np.searchsorted(finished, unit["unit"])
-            if at < len(finished) and finished[at] == unit["unit"]:
-                continue
-            yield pa.Table.from_pylist([unit], schema=plan_module.PLAN_SCHEMA)
-
-
-def _read_stage(
-    units: dict[str, Any], manifest: dict[str, int] | None, skips: dict[int, list[tuple[int, int]]],
-    max_bytes: int | None = None,
-) -> Iterator["pa.Table"]:
-    """map_batches UDF over unit rows (batch_size=1): yield the unit's images in small batches.
-    ``max_bytes``: ``input.max_bytes`` (:func:`detbatch.detect.read.read_unit`)."""
-    for i in range(len(units["unit"])):
-        unit = {k: units[k][i] for k in units}
-        for column in ("uris", "image_ids", "sizes"):
-            if column in unit:
-                unit[column] = list(unit[column])
-        rows = []
-        for row in read.read_unit(unit, manifest, skips.get(int(unit["unit"]), []), max_bytes):
-            rows.append(row)
-            if len(rows) == read.ROWS_PER_READ_BATCH:
-                yield pa.Table.from_pylist(rows, schema=read.READ_SCHEMA)
-                rows = []
-        if rows:
-            yield pa.Table.from_pylist(rows, schema=read.READ_SCHEMA)
-
-
-def read_and_decode(
-    units: "list[dict[str, Any]] | pa.Table",
-    listing: InputListing | ListingSummary,
-    manifest: dict[str, int] | None,
-    skips: dict[int, list[tuple[int, int]]],
-    decode_cpus: float,
-    caps: InputConfig | None = None,
-    keep_jpeg: bool = False,
-    finished: "np.ndarray | None" = None,
-    output: str = "",
-) -> "ray.data.Dataset":
-    """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
-    leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
-    ``rows_per_file`` images reaches the pool as one call. ``units``: a plan
-    (:data:`detbatch.detect.plan.PLAN_SCHEMA`), or :func:`~detbatch.detect.units.plan_units`' rows with
-    the ``listing`` they came from. ``caps``: the input settings whose ``max_bytes`` and ``max_pixels``
-    refuse a file before it is read or decoded (None: their defaults). ``keep_jpeg``: plain JPEGs leave
-    undecoded, for the actors (``inference.decode: gpu``; :func:`detbatch.detect.decode.decode_or_keep_jpeg`).
-
-    An index file's plan row is cut into its units first, by a task of its own (:func:`_units_stage`,
-    skipping the ``finished`` units), whose units leave as one block each: the driver never holds an
-    index's units, and each unit is still read by a task of its own. So is a listing part of image files,
-    which that task reads from ``output`` (the units' files are in it: :mod:`detbatch.detect.plan`)."""
-    import ray
-
-    caps = caps or InputConfig()
-    if isinstance(units, list):
-        units = plan_module.plan_table(units, listing.summary())
-    # Shards need the manifest in the workers; image files carry their ids in the unit rows, and their
-    # listed sizes, so that a file over max_bytes is refused without a request.
-    shard_manifest = manifest if listing.kind in ("tar", "parquet") else None
-    # One single-row table per unit: one block, so one read task, per unit. take() copies the row, so
-    # that a block does not carry the whole plan's buffers with it.
-    blocks = [units.take([i]) for i in range(units.num_rows)]
-    ds = ray.data.from_arrow(blocks)
-    if pc.any(pc.greater(units["step"], 0)).as_py():
-        # A num_cpus unlike the read stage's keeps Ray Data from fusing the two (operator_fusion:
-        # remote args must be equal), so that an index file's units spread over many read tasks.
-        cpus = UNITS_STAGE_CPUS if abs(decode_cpus - UNITS_STAGE_CPUS) > 1e-9 else UNITS_STAGE_CPUS / 2
-        # One block per unit (Ray Data would gather the stage's output into blocks of up to 128 MiB).
-        ds = ds.map_batches(_units_stage, batch_size=1, num_cpus=cpus,
-                            fn_kwargs={"finished": np.array([], np.int64) if finished is None else finished,
-                                       "output": output}
-                            ).repartition(target_num_rows_per_block=1)
-    return (
-        ds.map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,
-                     fn_kwargs={"manifest": shard_manifest, "skips": skips, "max_bytes": caps.max_bytes})
-        # batch_size=None: decode each block the reader yields. Ray fuses the two stages into one task
-        # that takes max(batch sizes) input rows, and input rows are units: a batch size here would
-        # put that many units in one task, whose output then reaches a single actor.
-        .map_batches(decode_batch, batch_size=None, num_cpus=decode_cpus,
-                     fn_kwargs={"max_pixels": caps.max_pixels, "keep_jpeg": keep_jpeg})
-    )
 
 
 def _pool(config: DetectConfig) -> Pool:
@@ -451,7 +354,6 @@ def _raise_known_cause(error: BaseException, lease: Lease, stall_timeout_s: floa
 
 def _count_output(output: str, log: sink.CommitLog) -> dict[str, int]:
     """Totals over the committed parts (this run's and earlier ones'), from the images table."""
-    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     fs, _ = storage.resolve(output)

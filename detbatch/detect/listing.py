@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 # (split/shard/ or yyyy/mm/dd/); past that a sub-tree is listed by one task with find.
 SPLIT_DEPTH = 3
 # Image files per listing part: a part is one plan row, which a task of the stream cuts into units
-# (detbatch.detect.driver._units_stage) after reading it once: ~20 MB of Parquet at most.
-PART_ROWS = 1 << 18
+# (detbatch.detect.stream._units_stage) after reading it once: ~10 MB of Parquet at most; the driver
+# gathers short runs into parts of this size, ~50 MB of rows at most.
+PART_ROWS = 1 << 17
 # A run of fewer image files than this goes back to the driver, which gathers such runs into parts of its
 # own; a longer run is written by its task. Folders of a few files each (one per video, say) then still
 # make parts of PART_ROWS, and units that span folders, and the driver holds at most a part's worth.
@@ -174,9 +175,9 @@ def list_level(uri: str, recurse: bool, job: ListingJob) -> tuple[list[str], Fou
                 files[name] = info
         return files, sorted(subs)
 
-    from detbatch.detect.units import _listing_call
+    from detbatch.detect.units import listing_call
 
-    files, subs = _listing_call(uri, listed)
+    files, subs = listing_call(uri, listed)
     return subs, found_in(fs, files, subs, job)
 
 

@@ -12,7 +12,7 @@ The first run lists the input under the output's lease (:func:`plan_input`): Ray
 files into listing parts themselves (:mod:`detbatch.detect.listing`), so the driver holds no file of
 the listing, only the parts' names and counts. The plan is a row per part, its rows ``[start, stop)``
 cut into units of ``step`` files by a task of the stream, which reads the part once
-(:func:`detbatch.detect.driver._units_stage`); an index file's row is cut the same way
+(:func:`detbatch.detect.stream._units_stage`); an index file's row is cut the same way
 (:func:`detbatch.detect.units.index_units`). Shards are one unit each. 100M image files make ~400
 listing parts and as many plan rows (docs/scaling.md).
 

@@ -162,13 +162,13 @@ def input_shape(uri: str) -> InputShape:
         except FileNotFoundError:
             raise InputError(f"{uri}: no such file, folder or prefix (check the URI and your credentials)") from None
 
-    info = _listing_call(uri, look)
+    info = listing_call(uri, look)
     if info.get("type") == "file":
         return InputShape(uri, "file", storage.to_uri(fs, posixpath.dirname(path)))
     return InputShape(uri, "folder", storage.to_uri(fs, path.rstrip("/")))
 
 
-def _listing_call(uri: str, call: Any) -> Any:
+def listing_call(uri: str, call: Any) -> Any:
     """``call()`` with transient faults retried; any other failure of a listing a :class:`StorageError`."""
     try:
         return storage.retrying(call, f"{uri}: list")
@@ -192,7 +192,7 @@ def gather(shape: InputShape, job: Any, parallel: bool | None = None) -> Any:
             return {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
         return {path: fs.info(path)}
 
-    found = found_in(fs, _listing_call(shape.uri, files), [], job)
+    found = found_in(fs, listing_call(shape.uri, files), [], job)
     return walk(iter([("found", found), *found.segments]), job)
 
 

@@ -14,7 +14,8 @@ import pytest
 from detbatch import storage
 from detbatch.config import ConfigError, load_config
 from detbatch.detect.config import DetectConfig
-from detbatch.detect.driver import read_and_decode, run_detect
+from detbatch.detect.driver import run_detect
+from detbatch.detect.stream import read_and_decode
 from detbatch.detect.output import open_output
 from detbatch.datasets.prepare import prepare_shards
 from detbatch.detect.sink import DETECTIONS_SCHEMA, IMAGES_SCHEMA

@@ -78,4 +78,7 @@ def test_listing_parts_hold_the_sorted_listing(parallel, tmp_path):
     assert len(found.parts) >= 4  # 11 files in parts of at most 3
     assert units.digest_hex(found.names) == sequential.digest
     assert units.digest_hex(found.contents) == sequential.content_digest
+    # A task's long run never crosses to the driver: the task wrote it, and hands back the parts' names.
+    whole = listing.list_level(root, recurse=True, job=job)[1]
+    assert [what for what, _ in whole.segments] == ["parts"] and sum(n for _, n in whole.segments[0][1]) == 11
     assert found.counts == {"images": 11, "tar": 1} and found.others == [(storage.join(root, "c.tar"), f"5:{found.others[0][1].split(':')[1]}")]

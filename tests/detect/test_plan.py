@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from detbatch import storage
-from detbatch.detect import driver, plan, sink, units
+from detbatch.detect import plan, sink, units
 from detbatch.detect.driver import run_detect
 from detbatch.detect.output import LISTING_DIR, VERIFY_DIR
 from detbatch.errors import InputError
@@ -33,7 +33,7 @@ def _no_listing(monkeypatch):
     monkeypatch.setattr(plan, "plan_table", refuse)
 
 
-def _listed_config(input_uri: str, out: str) -> "DetectConfig":
+def _listed_config(input_uri: str, out: str):
     from detbatch.config import load_config
     from detbatch.detect.config import DetectConfig
 

@@ -1,0 +1,116 @@
+"""The stream's CPU stages, from plan rows to decoded images: the units a plan row stands for (a task
+that cuts an index file's or a listing part's row into units), then one task per unit that reads its
+files or shard and decodes them (:mod:`detbatch.detect.read`, :mod:`detbatch.detect.decode`). The
+detector pool that follows is the driver's (:mod:`detbatch.detect.driver`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detbatch.detect import plan as plan_module
+from detbatch.detect import read
+from detbatch.detect.config import InputConfig
+from detbatch.detect.decode import decode_batch
+from detbatch.detect.units import InputListing, ListingSummary, index_units
+
+if TYPE_CHECKING:
+    import ray.data
+
+# CPUs of the task that cuts a plan row into units (it reads one listing part at most).
+UNITS_STAGE_CPUS = 0.05
+
+
+def _units_stage(rows: dict[str, Any], finished: "np.ndarray", output: str) -> Iterator["pa.Table"]:
+    """map_batches UDF over plan rows (batch_size=1): each unit of the row not in ``finished`` (sorted), as
+    a one-row :data:`~detbatch.detect.plan.PLAN_SCHEMA` table: one block per unit. A listing part of image
+    files (in ``output``) is read here, once, and its units carry their files."""
+    for i in range(len(rows["unit"])):
+        row = {k: rows[k][i] for k in rows}
+        row = {k: list(v) if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+               for k, v in row.items()}
+        units = plan_module.part_units(row, output) if row["kind"] == "images" and row["step"] > 0 else index_units(row)
+        for unit in units:
+            at = np.searchsorted(finished, unit["unit"])
+            if at < len(finished) and finished[at] == unit["unit"]:
+                continue
+            yield pa.Table.from_pylist([unit], schema=plan_module.PLAN_SCHEMA)
+
+
+def _read_stage(
+    units: dict[str, Any], manifest: dict[str, int] | None, skips: dict[int, list[tuple[int, int]]],
+    max_bytes: int | None = None,
+) -> Iterator["pa.Table"]:
+    """map_batches UDF over unit rows (batch_size=1): yield the unit's images in small batches.
+    ``max_bytes``: ``input.max_bytes`` (:func:`detbatch.detect.read.read_unit`)."""
+    for i in range(len(units["unit"])):
+        unit = {k: units[k][i] for k in units}
+        for column in ("uris", "image_ids", "sizes"):
+            if column in unit:
+                unit[column] = list(unit[column])
+        rows = []
+        for row in read.read_unit(unit, manifest, skips.get(int(unit["unit"]), []), max_bytes):
+            rows.append(row)
+            if len(rows) == read.ROWS_PER_READ_BATCH:
+                yield pa.Table.from_pylist(rows, schema=read.READ_SCHEMA)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=read.READ_SCHEMA)
+
+
+def read_and_decode(
+    units: "list[dict[str, Any]] | pa.Table",
+    listing: InputListing | ListingSummary,
+    manifest: dict[str, int] | None,
+    skips: dict[int, list[tuple[int, int]]],
+    decode_cpus: float,
+    caps: InputConfig | None = None,
+    keep_jpeg: bool = False,
+    finished: "np.ndarray | None" = None,
+    output: str = "",
+) -> "ray.data.Dataset":
+    """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
+    leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
+    ``rows_per_file`` images reaches the pool as one call. ``units``: a plan
+    (:data:`detbatch.detect.plan.PLAN_SCHEMA`), or :func:`~detbatch.detect.units.plan_units`' rows with
+    the ``listing`` they came from. ``caps``: the input settings whose ``max_bytes`` and ``max_pixels``
+    refuse a file before it is read or decoded (None: their defaults). ``keep_jpeg``: plain JPEGs leave
+    undecoded, for the actors (``inference.decode: gpu``; :func:`detbatch.detect.decode.decode_or_keep_jpeg`).
+
+    An index file's plan row is cut into its units first, by a task of its own (:func:`_units_stage`,
+    skipping the ``finished`` units), whose units leave as one block each: the driver never holds an
+    index's units, and each unit is still read by a task of its own. So is a listing part of image files,
+    which that task reads from ``output`` (the units' files are in it: :mod:`detbatch.detect.plan`)."""
+    import ray
+
+    caps = caps or InputConfig()
+    if isinstance(units, list):
+        units = plan_module.plan_table(units, listing.summary())
+    # Shards need the manifest in the workers; image files carry their ids in the unit rows, and their
+    # listed sizes, so that a file over max_bytes is refused without a request.
+    shard_manifest = manifest if listing.kind in ("tar", "parquet") else None
+    # One single-row table per unit: one block, so one read task, per unit. take() copies the row, so
+    # that a block does not carry the whole plan's buffers with it.
+    blocks = [units.take([i]) for i in range(units.num_rows)]
+    ds = ray.data.from_arrow(blocks)
+    if pc.any(pc.greater(units["step"], 0)).as_py():
+        # A num_cpus unlike the read stage's keeps Ray Data from fusing the two (operator_fusion:
+        # remote args must be equal), so that an index file's units spread over many read tasks.
+        cpus = UNITS_STAGE_CPUS if abs(decode_cpus - UNITS_STAGE_CPUS) > 1e-9 else UNITS_STAGE_CPUS / 2
+        # One block per unit (Ray Data would gather the stage's output into blocks of up to 128 MiB).
+        ds = ds.map_batches(_units_stage, batch_size=1, num_cpus=cpus,
+                            fn_kwargs={"finished": np.array([], np.int64) if finished is None else finished,
+                                       "output": output}
+                            ).repartition(target_num_rows_per_block=1)
+    return (
+        ds.map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,
+                     fn_kwargs={"manifest": shard_manifest, "skips": skips, "max_bytes": caps.max_bytes})
+        # batch_size=None: decode each block the reader yields. Ray fuses the two stages into one task
+        # that takes max(batch sizes) input rows, and input rows are units: a batch size here would
+        # put that many units in one task, whose output then reaches a single actor.
+        .map_batches(decode_batch, batch_size=None, num_cpus=decode_cpus,
+                     fn_kwargs={"max_pixels": caps.max_pixels, "keep_jpeg": keep_jpeg})
+    )
