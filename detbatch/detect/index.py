@@ -122,26 +122,32 @@ def resolve_uri(index_uri: str, value: str) -> str:
     return posixpath.join(posixpath.dirname(index_uri), value)
 
 
-def _parquet_range(uri: str, start: int, stop: int) -> Iterator[tuple[Any, Any]]:
-    """(uri, image_id) of rows ``[start, stop)``, reading only the row groups that hold them."""
+def parquet_rows(uri: str, start: int, stop: int, columns: Any = None) -> Iterator[Any]:
+    """Rows ``[start, stop)`` of a Parquet file as Arrow tables, a row group at a time, reading only the
+    row groups that hold them. ``columns``: a list, or a function of the file's column names that returns
+    one (it may raise, naming what is missing)."""
     import pyarrow.parquet as pq
 
     with storage.open_input(uri) as f:
         pf = pq.ParquetFile(f)
-        has_ids = _check_columns(uri, pf.schema_arrow.names)
-        columns = ["uri", *(["image_id"] if has_ids else [])]
+        if callable(columns):
+            columns = columns(pf.schema_arrow.names)
         first = 0
         for group in range(pf.metadata.num_row_groups):
             rows = pf.metadata.row_group(group).num_rows
             if first + rows > start and first < stop:
-                table = pf.read_row_group(group, columns=columns)
                 lo, hi = max(start - first, 0), min(stop - first, rows)
-                table = table.slice(lo, hi - lo)
-                ids = table.column("image_id").to_pylist() if has_ids else [None] * table.num_rows
-                yield from zip(table.column("uri").to_pylist(), ids)
+                yield pf.read_row_group(group, columns=columns).slice(lo, hi - lo)
             first += rows
             if first >= stop:
                 return
+
+
+def _parquet_range(uri: str, start: int, stop: int) -> Iterator[tuple[Any, Any]]:
+    """(uri, image_id) of rows ``[start, stop)``, reading only the row groups that hold them."""
+    for table in parquet_rows(uri, start, stop, lambda names: ["uri", *(["image_id"] if _check_columns(uri, names) else [])]):
+        ids = table.column("image_id").to_pylist() if "image_id" in table.column_names else [None] * table.num_rows
+        yield from zip(table.column("uri").to_pylist(), ids)
 
 
 def _csv_range(uri: str, start: int, stop: int) -> Iterator[tuple[Any, Any]]:

@@ -44,10 +44,11 @@ logger = logging.getLogger(__name__)
 # Levels of sub-prefixes split into tasks of their own. Datasets are laid out a few levels deep
 # (split/shard/ or yyyy/mm/dd/); past that a sub-tree is listed by one task with find.
 SPLIT_DEPTH = 3
-# Image files per listing part: a part is one plan row, which a task of the stream cuts into units
-# (detbatch.detect.stream._units_stage) after reading it once: ~10 MB of Parquet at most; the driver
-# gathers short runs into parts of this size, ~50 MB of rows at most.
+# Image files per listing part (the driver gathers short runs into parts of this size: ~50 MB of rows
+# at most), written in row groups of PART_ROW_GROUP files, so that a task of the stream that cuts a range
+# of a part into units (detbatch.detect.stream._units_stage) reads only that range's row groups.
 PART_ROWS = 1 << 17
+PART_ROW_GROUP = 4096
 # A run of fewer image files than this goes back to the driver, which gathers such runs into parts of its
 # own; a longer run is written by its task. Folders of a few files each (one per video, say) then still
 # make parts of PART_ROWS, and units that span folders, and the driver holds at most a part's worth.
@@ -103,7 +104,8 @@ def part_bytes(rows: list[dict[str, Any]]) -> bytes:
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=LISTED_SCHEMA), buf, compression="zstd")
+    pq.write_table(pa.Table.from_pylist(rows, schema=LISTED_SCHEMA), buf, compression="zstd",
+                   row_group_size=PART_ROW_GROUP)
     return buf.getvalue()
 
 

@@ -10,11 +10,11 @@ Layout (beside ``state.json``)::
 
 The first run lists the input under the output's lease (:func:`plan_input`): Ray tasks write the image
 files into listing parts themselves (:mod:`detbatch.detect.listing`), so the driver holds no file of
-the listing, only the parts' names and counts. The plan is a row per part, its rows ``[start, stop)``
-cut into units of ``step`` files by a task of the stream, which reads the part once
-(:func:`detbatch.detect.stream._units_stage`); an index file's row is cut the same way
-(:func:`detbatch.detect.units.index_units`). Shards are one unit each. 100M image files make ~400
-listing parts and as many plan rows (docs/scaling.md).
+the listing, only the parts' names and counts. The plan is a row per 16 units of a part (its rows
+``[start, stop)``, cut into units of ``step`` files: :func:`detbatch.detect.units.index_units`, as an index
+file's rows are), and a unit's read task reads its files from its part's row groups
+(:func:`detbatch.detect.read.read_unit`). Shards are one unit each. 100M image files make ~800 listing
+parts and ~25,000 plan rows (docs/scaling.md).
 
 A plan that exists is whole (it is written last), and a rerun reads it and does not list the input: its
 digests are the plan's, so ``state.json`` is compared with what the first run saw. ``--verify-input``
@@ -49,6 +49,7 @@ from detbatch.detect.units import (
     kind_files,
     listed_size,
     plan_rows,
+    UNITS_PER_ROW,
 )
 from detbatch.errors import InputError
 
@@ -105,12 +106,16 @@ def plan_table(rows: Iterable[dict[str, Any]], summary: ListingSummary, listing:
 
 
 def part_rows(parts: list[tuple[str, int]], images_per_unit: int) -> Iterator[dict[str, Any]]:
-    """The plan rows of a listing of image files: one per part, cut into units of ``images_per_unit``
-    files, numbered on across the parts."""
+    """The plan rows of a listing of image files: one per :data:`UNITS_PER_ROW` units of a part (the
+    last of a part shorter), each cut into units of ``images_per_unit`` files by the stream; units are
+    numbered on across the parts."""
     unit = 0
+    span = UNITS_PER_ROW * images_per_unit
     for name, rows in parts:
-        yield {"unit": unit, "kind": "images", "uris": [name], "start": 0, "stop": rows, "step": images_per_unit}
-        unit += -(-rows // images_per_unit)
+        for start in range(0, rows, span):
+            stop = min(start + span, rows)
+            yield {"unit": unit, "kind": "images", "uris": [name], "start": start, "stop": stop, "step": images_per_unit}
+            unit += -(-(stop - start) // images_per_unit)
 
 
 def unit_ids(plan: pa.Table) -> tuple["np.ndarray", "np.ndarray"]:
@@ -126,18 +131,6 @@ def unit_ids(plan: pa.Table) -> tuple["np.ndarray", "np.ndarray"]:
     row_of = np.repeat(np.arange(len(first), dtype=np.int64), counts)
     offsets = np.arange(len(row_of), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     return first[row_of] + offsets, row_of
-
-
-def part_units(row: dict[str, Any], output: str) -> Iterator[dict[str, Any]]:
-    """The units of a plan row of image files with ``step`` > 0: its listing part read once, then one unit
-    (with its files, ids and sizes) per ``step`` rows of ``[start, stop)``, numbered from its ``unit``."""
-    part = read_part(storage.join(output, row["uris"][0]), ["uri", "size", "image_id"]).to_pydict()
-    step, stop = row["step"], row["stop"]
-    for k, start in enumerate(range(row["start"], stop, step)):
-        end = min(start + step, stop)
-        yield {"unit": row["unit"] + k, "kind": "images", "uris": part["uri"][start:end],
-               "image_ids": part["image_id"][start:end], "sizes": part["size"][start:end],
-               "start": -1, "stop": -1, "step": -1}
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -322,6 +322,19 @@ def _read_files(
         yield uri, image_id, *read_file(uri, max_bytes, size)
 
 
+def _read_listed(
+    part: str, start: int, stop: int, max_bytes: int | None
+) -> Iterator[tuple[str, int, bytes | None, str | None]]:
+    """Detect's items of a unit of image files in a listing part: rows ``[start, stop)`` of ``part`` (the
+    row groups that hold them: :mod:`detbatch.detect.listing`), each file read."""
+    from detbatch.detect.index import parquet_rows
+
+    for table in parquet_rows(part, start, stop, ["uri", "image_id", "size"]):
+        rows = table.to_pydict()
+        for uri, image_id, size in zip(rows["uri"], rows["image_id"], rows["size"]):
+            yield uri, image_id, *read_file(uri, max_bytes, None if size < 0 else size)
+
+
 def _read_shard(
     shard: str, kind: str, manifest: dict[str, int] | None, max_bytes: int | None
 ) -> Iterator[tuple[str, int, bytes | None, str | None]]:
@@ -363,9 +376,13 @@ def read_unit(
 
     ``unit``: a row of :func:`~detbatch.detect.units.plan_units`, with optional ``sizes`` (of its image
     files, from the listing; None or negative: unknown); an index unit reads rows ``start``..``stop`` of
-    its index file and then each image they name. ``max_bytes``: ``input.max_bytes`` (None: no cap).
+    its index file and then each image they name; a unit of image files with ``start`` ≥ 0 reads those
+    rows of its listing part (``uris[0]``, :mod:`detbatch.detect.plan`) and then each file.
+    ``max_bytes``: ``input.max_bytes`` (None: no cap).
     """
-    if unit["kind"] == "images":
+    if unit["kind"] == "images" and unit.get("start", -1) >= 0:
+        items = _read_listed(unit["uris"][0], int(unit["start"]), int(unit["stop"]), max_bytes)
+    elif unit["kind"] == "images":
         listed = unit.get("sizes")
         sizes = [None] * len(unit["uris"]) if listed is None else [None if s < 0 else int(s) for s in listed]
         items = _read_files(unit["uris"], unit["image_ids"], sizes, max_bytes)

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detbatch import storage
 from detbatch.detect import plan as plan_module
 from detbatch.detect import read
 from detbatch.detect.config import InputConfig
@@ -20,23 +21,34 @@ from detbatch.detect.units import InputListing, ListingSummary, index_units
 if TYPE_CHECKING:
     import ray.data
 
-# CPUs of the task that cuts a plan row into units (it reads one listing part at most).
+# CPUs of the task that cuts plan rows into units (it reads nothing).
 UNITS_STAGE_CPUS = 0.05
+# Units the driver cuts itself, into a block each, when a run has no more left than this. Ray Data costs
+# the driver ~48 KB and ~3 ms per block it is handed (4,000 blocks: +193 MiB, 12 s on dev-2c), so past
+# this a task of the stream cuts them instead, and Ray Data's split of its output into a block per unit
+# runs as tasks of 1 CPU: cheap on a node with CPUs to spare, but on one whose CPUs the pool and the
+# read tasks take (dev-2c: 1 actor + 1 read task), it slows the start (40k files: 38 s against 26 s).
+DRIVER_UNITS = 1_024
+
+
+def _units_left(row: dict[str, Any], finished: "np.ndarray", output: str) -> Iterator[dict[str, Any]]:
+    """The units of a plan row not in ``finished`` (sorted), a listing part named by its URI in ``output``."""
+    if row["kind"] == "images" and row["step"] > 0:
+        row = {**row, "uris": [storage.join(output, row["uris"][0])]}
+    for unit in index_units(row):
+        at = np.searchsorted(finished, unit["unit"])
+        if not (at < len(finished) and finished[at] == unit["unit"]):
+            yield unit
 
 
 def _units_stage(rows: dict[str, Any], finished: "np.ndarray", output: str) -> Iterator["pa.Table"]:
-    """map_batches UDF over plan rows (batch_size=1): each unit of the row not in ``finished`` (sorted), as
-    a one-row :data:`~detbatch.detect.plan.PLAN_SCHEMA` table: one block per unit. A listing part of image
-    files (in ``output``) is read here, once, and its units carry their files."""
+    """map_batches UDF over plan rows (batch_size=1): each unit left of the row (:func:`_units_left`), as a
+    one-row :data:`~detbatch.detect.plan.PLAN_SCHEMA` table."""
     for i in range(len(rows["unit"])):
         row = {k: rows[k][i] for k in rows}
         row = {k: list(v) if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
                for k, v in row.items()}
-        units = plan_module.part_units(row, output) if row["kind"] == "images" and row["step"] > 0 else index_units(row)
-        for unit in units:
-            at = np.searchsorted(finished, unit["unit"])
-            if at < len(finished) and finished[at] == unit["unit"]:
-                continue
+        for unit in _units_left(row, finished, output):
             yield pa.Table.from_pylist([unit], schema=plan_module.PLAN_SCHEMA)
 
 
@@ -71,6 +83,7 @@ def read_and_decode(
     keep_jpeg: bool = False,
     finished: "np.ndarray | None" = None,
     output: str = "",
+    driver_units: int | None = None,
 ) -> "ray.data.Dataset":
     """The CPU stages: one task per unit reads its files or shard and decodes them, and its images
     leave as one block (split only past Ray Data's 128 MiB block size), so that a unit of
@@ -80,10 +93,12 @@ def read_and_decode(
     refuse a file before it is read or decoded (None: their defaults). ``keep_jpeg``: plain JPEGs leave
     undecoded, for the actors (``inference.decode: gpu``; :func:`detbatch.detect.decode.decode_or_keep_jpeg`).
 
-    An index file's plan row is cut into its units first, by a task of its own (:func:`_units_stage`,
-    skipping the ``finished`` units), whose units leave as one block each: the driver never holds an
-    index's units, and each unit is still read by a task of its own. So is a listing part of image files,
-    which that task reads from ``output`` (the units' files are in it: :mod:`detbatch.detect.plan`)."""
+    A plan row of an index file or a listing part of image files (in ``output``) stands for up to 16
+    units, ranges of its rows, each read by a task of its own. With up to ``driver_units`` units left
+    (None: :data:`DRIVER_UNITS`) the
+    driver cuts them into a block each; past that a task of the stream does (:func:`_units_stage`,
+    skipping the ``finished`` units) and Ray Data splits its output into a block per unit, so that the
+    driver never holds every unit of a large run."""
     import ray
 
     caps = caps or InputConfig()
@@ -92,18 +107,23 @@ def read_and_decode(
     # Shards need the manifest in the workers; image files carry their ids in the unit rows, and their
     # listed sizes, so that a file over max_bytes is refused without a request.
     shard_manifest = manifest if listing.kind in ("tar", "parquet") else None
-    # One single-row table per unit: one block, so one read task, per unit. take() copies the row, so
-    # that a block does not carry the whole plan's buffers with it.
+    finished = np.array([], np.int64) if finished is None else finished
+    driver_units = DRIVER_UNITS if driver_units is None else driver_units
+    ranged = pc.any(pc.greater(units["step"], 0)).as_py()
+    if ranged and (~np.isin(plan_module.unit_ids(units)[0], finished)).sum() <= driver_units:
+        rows = [unit for row in units.to_pylist() for unit in _units_left(row, finished, output)]
+        units, ranged = pa.Table.from_pylist(rows, schema=plan_module.PLAN_SCHEMA), False
+    # One single-row table per unit (or plan row): one block, so one read task, per unit. take() copies
+    # the row, so that a block does not carry the whole plan's buffers with it.
     blocks = [units.take([i]) for i in range(units.num_rows)]
     ds = ray.data.from_arrow(blocks)
-    if pc.any(pc.greater(units["step"], 0)).as_py():
+    if ranged:
         # A num_cpus unlike the read stage's keeps Ray Data from fusing the two (operator_fusion:
         # remote args must be equal), so that an index file's units spread over many read tasks.
         cpus = UNITS_STAGE_CPUS if abs(decode_cpus - UNITS_STAGE_CPUS) > 1e-9 else UNITS_STAGE_CPUS / 2
         # One block per unit (Ray Data would gather the stage's output into blocks of up to 128 MiB).
         ds = ds.map_batches(_units_stage, batch_size=1, num_cpus=cpus,
-                            fn_kwargs={"finished": np.array([], np.int64) if finished is None else finished,
-                                       "output": output}
+                            fn_kwargs={"finished": finished, "output": output}
                             ).repartition(target_num_rows_per_block=1)
     return (
         ds.map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,

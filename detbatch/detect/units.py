@@ -28,6 +28,12 @@ from detbatch.metrics.pairing import SHARD_EXTENSIONS, normalize_name, relative_
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
+# Units in a plan row of a listing part or an index file (detbatch.detect.plan). A task of the stream cuts
+# each row into its units, and Ray Data hands them on one at a time while that task (and the one that
+# splits its output into a block per unit) holds a CPU: a row of 16 units keeps that short. A part of
+# 131,072 files cut whole held it for ~50 s, and on a small node no read task could start meanwhile.
+# 100M inputs still plan in ~25,000 rows.
+UNITS_PER_ROW = 16
 
 
 def derived_image_id(uri: str) -> int:
@@ -300,21 +306,23 @@ def unit_rows(
 def plan_rows(
     listing: InputListing, images_per_unit: int, manifest: dict[str, int] | None
 ) -> Iterator[dict[str, Any]]:
-    """The rows of a run's plan (:mod:`detbatch.detect.plan`), one at a time: a unit per row for image
-    files and shards; for an index, one row per index file, its rows ``[start, stop)`` to be cut into units
-    of ``step`` rows (:func:`index_units`) by the stream, so that the plan's size follows the index files,
-    not their rows. Units are numbered across the index files in listing order; the row counts come from
+    """The rows of a run's plan (:mod:`detbatch.detect.plan`) from an in-memory listing, one at a time: a
+    unit per row for image files and shards; for an index, a row per :data:`UNITS_PER_ROW` units of each
+    index file, its rows ``[start, stop)`` to be cut into units of ``step`` rows (:func:`index_units`) by
+    the stream. Units are numbered across the index files in listing order; the row counts come from
     :func:`detbatch.detect.index.index_row_counts` (Ray tasks when Ray is up). An empty index file has no
-    units."""
+    units. (``detbatch detect`` plans image files from its listing parts: :func:`detbatch.detect.plan.part_rows`.)"""
     if listing.kind == "index":
         from detbatch.detect.index import index_row_counts
 
         unit = 0
+        span = UNITS_PER_ROW * images_per_unit
         for uri, rows in zip(listing.uris, index_row_counts(listing.uris)):
-            if rows:
-                yield {"unit": unit, "kind": "index", "uris": [uri], "image_ids": [], "start": 0, "stop": rows,
+            for start in range(0, rows, span):
+                stop = min(start + span, rows)
+                yield {"unit": unit, "kind": "index", "uris": [uri], "image_ids": [], "start": start, "stop": stop,
                        "step": images_per_unit}
-                unit += -(-rows // images_per_unit)
+                unit += -(-(stop - start) // images_per_unit)
         return
     if listing.kind != "images":
         for i, u in enumerate(listing.uris):
@@ -335,9 +343,10 @@ def units_in(row: dict[str, Any]) -> int:
 
 
 def index_units(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The units of a plan row: an index file's row becomes one unit per ``step`` rows of ``[start, stop)``
-    (numbered from its ``unit``, the last one shorter); any other row is one unit already."""
-    if row["kind"] != "index" or row.get("step", -1) <= 0:
+    """The units of a plan row: a row with ``step`` > 0 (an index file's, or a listing part's of image
+    files) becomes one unit per ``step`` rows of ``[start, stop)`` (numbered from its ``unit``, the last one
+    shorter), which the read task reads from that file; any other row is one unit already."""
+    if row.get("step", -1) <= 0:
         yield row
         return
     step, stop = row["step"], row["stop"]

@@ -170,9 +170,11 @@ def test_each_unit_reaches_the_pool_as_one_block(shapes, ray_cluster, tmp_path):
     ]
 
 
-def test_an_index_files_plan_row_is_cut_into_units_each_read_by_its_own_task(shapes, tmp_path):
-    """An index file is one plan row (detbatch.detect.plan); the stream cuts it into units, skips the
-    finished ones, and reads each of the others in a task of its own, its images in one block."""
+@pytest.mark.parametrize("driver_units", [0, 1_024], ids=["cut-by-a-task", "cut-by-the-driver"])
+def test_an_index_files_plan_row_is_cut_into_units_each_read_by_its_own_task(shapes, tmp_path, driver_units):
+    """An index file is one plan row (detbatch.detect.plan); it is cut into units (by a task of the stream
+    for a large run, by the driver for a small one), the finished ones skipped, and each of the others
+    read in a task of its own, its images in one block."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -185,12 +187,15 @@ def test_an_index_files_plan_row_is_cut_into_units_each_read_by_its_own_task(sha
     listing = units.list_input(str(tmp_path / "index"))
     table = plan.plan_table(units.plan_rows(listing, 2, None), listing.summary())
     assert table.num_rows == 1 and plan.unit_ids(table)[0].tolist() == [0, 1, 2, 3]
-    ds = read_and_decode(table, listing.summary(), None, {}, decode_cpus=0.5, finished=np.array([1]))
+    ds = read_and_decode(table, listing.summary(), None, {}, decode_cpus=0.5, finished=np.array([1]),
+                         driver_units=driver_units)
     blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     assert sorted((b["unit"][0].as_py(), b["uri"].to_pylist()) for b in blocks) == [
         (0, files[0:2]), (2, files[4:6]), (3, files[6:7])]
-    read_stage = next(line for line in ds.stats().splitlines() if "MapBatches(_read_stage)" in line)
+    stats = ds.stats()
+    read_stage = next(line for line in stats.splitlines() if "MapBatches(_read_stage)" in line)
     assert "3 tasks executed" in read_stage, read_stage
+    assert ("MapBatches(_units_stage)" in stats) == (driver_units == 0)
 
 
 def test_run_json_versions_are_the_installed_ones():

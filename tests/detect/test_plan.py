@@ -3,6 +3,7 @@ listing the input (locally and on S3), and compared with a new listing under --v
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from detbatch import storage
-from detbatch.detect import plan, sink, units
+from detbatch.detect import plan, read, sink, units
 from detbatch.detect.driver import run_detect
 from detbatch.detect.output import LISTING_DIR, VERIFY_DIR
 from detbatch.errors import InputError
@@ -53,9 +54,10 @@ def test_plan_round_trip_and_changes(image_dir, tmp_path):
     assert stored.summary == units.list_input(str(image_dir)).summary()  # the in-memory listing's digests
     assert plan.unit_ids(table)[0].tolist() == [0, 1]
     size = len((image_dir / "a.png").read_bytes())
-    row = stored.table.to_pylist()[0]
-    assert [(u["unit"], [Path(p).name for p in u["uris"]], u["sizes"]) for u in plan.part_units(row, out)] == [
-        (0, ["a.png", "b.png"], [size, size]), (1, ["c.PNG"], [size])]
+    row = {**stored.table.to_pylist()[0], "uris": [storage.join(out, names[0])]}
+    cut = list(units.index_units(row))
+    assert [(u["unit"], u["start"], u["stop"]) for u in cut] == [(0, 0, 2), (1, 2, 3)]
+    assert [Path(r["uri"]).name for u in cut for r in read.read_unit(u, None, [])] == ["a.png", "b.png", "c.PNG"]
     same = plan.list_into(config, VERIFY_DIR, None)
     assert plan.input_changes(plan.listed_files(out, names), plan.listed_files(out, [n for n, _ in same.parts])) == ""
     (image_dir / "a.png").write_bytes(b"other bytes")
@@ -66,6 +68,9 @@ def test_plan_round_trip_and_changes(image_dir, tmp_path):
     changes = plan.input_changes(plan.listed_files(out, names), plan.listed_files(out, [n for n, _ in now.parts]))
     assert changes == (f"1 added ({image_dir}/d.png); 1 removed ({image_dir}/b.png); "
                        f"1 replaced ({image_dir}/a.png)")
+    # The listed sizes go with the files: one over max_bytes is refused unread (b.png is gone: no "not found").
+    refused = list(read.read_unit(cut[0], None, [], max_bytes=size - 1))
+    assert [r["error"] for r in refused] == [f"file of {size} bytes exceeds input.max_bytes={size - 1}"] * 2
 
 
 def test_input_changes_is_a_merge_of_two_sorted_listings():
@@ -125,6 +130,36 @@ def _changed_gather(drop: str, add: str):
     return gather
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_a_large_run_cuts_its_units_in_a_task_of_the_stream(store, clean, monkeypatch):
+    """Past stream.DRIVER_UNITS units left, the plan's rows are cut into units by a task of the stream,
+    which reads each unit's files from the listing part: the same rows as the clean run's."""
+    from detbatch.detect import stream
+
+    if store.kind != "local":
+        pytest.skip("one storage is enough: the parts are read through the same storage calls as on S3")
+    monkeypatch.setattr(stream, "DRIVER_UNITS", 0)
+    out = store.output("task-cut")
+    plans = _Lines()
+    logging.getLogger("ray.data").addHandler(plans)  # Ray Data's own loggers do not propagate
+    try:
+        summary = run_detect(detect_config(store, out))
+    finally:
+        logging.getLogger("ray.data").removeHandler(plans)
+    assert any("Execution plan" in line and "MapBatches(_units_stage)" in line for line in plans.lines)
+    assert summary.images_processed == NUM_INPUTS
+    assert_same_as_clean(out, clean)
+    check_invariants(out)
+
+
 def test_an_index_runs_like_its_files_and_resumes_from_its_plan(store, clean, tmp_path, monkeypatch):
     """An index (CSV) of 3 of the shared input's files gives the clean run's rows for them (the same uris,
     so the same derived ids); its plan is one row for the index file, cut into units of 2 rows by the
@@ -170,3 +205,40 @@ def test_an_index_runs_like_its_files_and_resumes_from_its_plan(store, clean, tm
     with pytest.raises(InputError, match=rf"1 replaced \({index}\)"):
         run_detect(verify)
 
+
+
+def test_a_part_is_planned_in_rows_of_16_units_each_reading_its_own_row_groups(tmp_path, monkeypatch):
+    """40 files in units of 2: plan rows of units 0-15 and 16-19 of the one part; a row's units are read
+    from the part's row groups that hold them (the part written in groups of 8 files)."""
+    import pyarrow.parquet as pq
+
+    from detbatch.detect import listing
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):
+        (images / f"{i:03d}.png").write_bytes(b"x" * (i + 1))
+    monkeypatch.setattr(listing, "PART_ROW_GROUP", 8)
+    out = str(tmp_path / "out")
+    listed = plan.list_into(_listed_config(str(images), out), LISTING_DIR, None)
+    (name, rows), = listed.parts
+    assert rows == 40 and pq.ParquetFile(storage.join(out, name)).metadata.num_row_groups == 5
+    table = plan.plan_table(plan.part_rows(listed.parts, 2), listed.summary, [name])
+    assert table.select(["unit", "start", "stop", "step"]).to_pylist() == [
+        {"unit": 0, "start": 0, "stop": 32, "step": 2}, {"unit": 16, "start": 32, "stop": 40, "step": 2}]
+    assert plan.unit_ids(table)[0].tolist() == list(range(20))
+    last = list(units.index_units({**table.to_pylist()[1], "uris": [storage.join(out, name)]}))
+    assert [(u["unit"], u["start"], u["stop"]) for u in last] == [(16 + k, 32 + 2 * k, 34 + 2 * k) for k in range(4)]
+    read_rows = [r for u in last for r in read.read_unit(u, None, [])]
+    assert [Path(r["uri"]).name for r in read_rows] == [f"{i:03d}.png" for i in range(32, 40)]
+    assert [r["image_id"] for r in read_rows] == [units.derived_image_id(r["uri"]) for r in read_rows]
+    assert [r["data"] for r in read_rows] == [b"x" * (i + 1) for i in range(32, 40)]
+
+
+def test_an_index_file_is_planned_in_rows_of_16_units(tmp_path):
+    index = tmp_path / "index"
+    index.mkdir()
+    pacsv.write_csv(pa.table({"uri": [f"/x/{i}.png" for i in range(40)]}), index / "a.csv")
+    listing = units.list_input(str(index))
+    rows = [(r["unit"], r["start"], r["stop"]) for r in units.plan_rows(listing, 2, None)]
+    assert rows == [(0, 0, 32), (16, 32, 40)]
