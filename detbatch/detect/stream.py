@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from detbatch import storage
 from detbatch.detect import plan as plan_module
@@ -23,6 +22,9 @@ if TYPE_CHECKING:
 
 # CPUs of the task that cuts plan rows into units (it reads nothing).
 UNITS_STAGE_CPUS = 0.05
+# Blocks of plan rows a large run hands Ray Data (so ~12 MB of the driver at most), each cut into its units
+# by a task of the stream.
+INPUT_BLOCKS = 256
 # Units the driver cuts itself, into a block each, when a run has no more left than this. Ray Data costs
 # the driver ~48 KB and ~3 ms per block it is handed (4,000 blocks: +193 MiB, 12 s on dev-2c), so past
 # this a task of the stream cuts them instead, and Ray Data's split of its output into a block per unit
@@ -94,11 +96,11 @@ def read_and_decode(
     undecoded, for the actors (``inference.decode: gpu``; :func:`detbatch.detect.decode.decode_or_keep_jpeg`).
 
     A plan row of an index file or a listing part of image files (in ``output``) stands for up to 16
-    units, ranges of its rows, each read by a task of its own. With up to ``driver_units`` units left
-    (None: :data:`DRIVER_UNITS`) the
-    driver cuts them into a block each; past that a task of the stream does (:func:`_units_stage`,
-    skipping the ``finished`` units) and Ray Data splits its output into a block per unit, so that the
-    driver never holds every unit of a large run."""
+    units, ranges of its rows, each read by a task of its own; a shard's row is one unit. With up to
+    ``driver_units`` units left (None: :data:`DRIVER_UNITS`) the driver cuts the rows into a block per
+    unit; past that it hands Ray Data at most :data:`INPUT_BLOCKS` blocks of plan rows, a task of the
+    stream cuts them (:func:`_units_stage`, skipping the ``finished`` units) and Ray Data splits its
+    output into a block per unit: the driver never holds a block per unit of a large run."""
     import ray
 
     caps = caps or InputConfig()
@@ -109,22 +111,28 @@ def read_and_decode(
     shard_manifest = manifest if listing.kind in ("tar", "parquet") else None
     finished = np.array([], np.int64) if finished is None else finished
     driver_units = DRIVER_UNITS if driver_units is None else driver_units
-    ranged = pc.any(pc.greater(units["step"], 0)).as_py()
-    if ranged and (~np.isin(plan_module.unit_ids(units)[0], finished)).sum() <= driver_units:
+    if (~np.isin(plan_module.unit_ids(units)[0], finished)).sum() <= driver_units:
+        # One single-row table per unit: one block, so one read task, per unit. (take() copies the row,
+        # so that a block does not carry the whole plan's buffers with it.)
         rows = [unit for row in units.to_pylist() for unit in _units_left(row, finished, output)]
-        units, ranged = pa.Table.from_pylist(rows, schema=plan_module.PLAN_SCHEMA), False
-    # One single-row table per unit (or plan row): one block, so one read task, per unit. take() copies
-    # the row, so that a block does not carry the whole plan's buffers with it.
-    blocks = [units.take([i]) for i in range(units.num_rows)]
-    ds = ray.data.from_arrow(blocks)
-    if ranged:
-        # A num_cpus unlike the read stage's keeps Ray Data from fusing the two (operator_fusion:
-        # remote args must be equal), so that an index file's units spread over many read tasks.
-        cpus = UNITS_STAGE_CPUS if abs(decode_cpus - UNITS_STAGE_CPUS) > 1e-9 else UNITS_STAGE_CPUS / 2
-        # One block per unit (Ray Data would gather the stage's output into blocks of up to 128 MiB).
-        ds = ds.map_batches(_units_stage, batch_size=1, num_cpus=cpus,
-                            fn_kwargs={"finished": finished, "output": output}
-                            ).repartition(target_num_rows_per_block=1)
+        units = pa.Table.from_pylist(rows, schema=plan_module.PLAN_SCHEMA)
+        return _read_and_decode(ray.data.from_arrow([units.take([i]) for i in range(units.num_rows)]),
+                                decode_cpus, shard_manifest, skips, caps, keep_jpeg)
+    # At most INPUT_BLOCKS blocks of plan rows, cut into units by a task of the stream. A num_cpus unlike
+    # the read stage's keeps Ray Data from fusing the two (operator_fusion: remote args must be equal),
+    # so that the units spread over many read tasks.
+    n, per_block = units.num_rows, -(-units.num_rows // INPUT_BLOCKS)
+    ds = ray.data.from_arrow([units.take(list(range(i, min(i + per_block, n)))) for i in range(0, n, per_block)])
+    cpus = UNITS_STAGE_CPUS if abs(decode_cpus - UNITS_STAGE_CPUS) > 1e-9 else UNITS_STAGE_CPUS / 2
+    # One block per unit (Ray Data would gather the stage's output into blocks of up to 128 MiB).
+    ds = ds.map_batches(_units_stage, batch_size=1, num_cpus=cpus, fn_kwargs={"finished": finished, "output": output}
+                        ).repartition(target_num_rows_per_block=1)
+    return _read_and_decode(ds, decode_cpus, shard_manifest, skips, caps, keep_jpeg)
+
+
+def _read_and_decode(ds: "ray.data.Dataset", decode_cpus: float, shard_manifest: dict[str, int] | None,
+                     skips: dict[int, list[tuple[int, int]]], caps: InputConfig, keep_jpeg: bool) -> "ray.data.Dataset":
+    """``ds`` of a block per unit, read and decoded: a task per unit."""
     return (
         ds.map_batches(_read_stage, batch_size=1, num_cpus=decode_cpus,
                      fn_kwargs={"manifest": shard_manifest, "skips": skips, "max_bytes": caps.max_bytes})

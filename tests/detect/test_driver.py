@@ -198,6 +198,29 @@ def test_an_index_files_plan_row_is_cut_into_units_each_read_by_its_own_task(sha
     assert ("MapBatches(_units_stage)" in stats) == (driver_units == 0)
 
 
+def test_shards_of_a_large_run_are_cut_by_a_task_each_read_by_its_own(shapes, tmp_path):
+    """Past stream.DRIVER_UNITS units, a run hands Ray Data a few blocks of plan rows; shards (a unit
+    each) come out of the units task one block per shard, each read by a task of its own."""
+    import numpy as np
+
+    from detbatch.detect import plan, units
+
+    shards = tmp_path / "shards"
+    prepare_shards(str(shapes / "images"), str(shards), "tar", images_per_shard=5)
+    listing = units.list_input(str(shards))
+    table = plan.plan_table(units.plan_rows(listing, 5, None), listing.summary())
+    assert listing.kind == "tar" and table.num_rows == 5 and plan.unit_ids(table)[0].tolist() == [0, 1, 2, 3, 4]
+    ds = read_and_decode(table, listing.summary(), None, {}, decode_cpus=0.5, finished=np.array([3]), driver_units=0)
+    blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert sorted((b["unit"][0].as_py(), len(set(b["unit"].to_pylist()))) for b in blocks) == [
+        (u, 1) for u in (0, 1, 2, 4)]
+    assert sum(b.num_rows for b in blocks) == sum(1 for p in (shapes / "images").iterdir()) - 5  # shard 3 finished
+    stats = ds.stats()
+    assert "MapBatches(_units_stage)" in stats
+    read_stage = next(line for line in stats.splitlines() if "MapBatches(_read_stage)" in line)
+    assert "4 tasks executed" in read_stage, read_stage
+
+
 def test_run_json_versions_are_the_installed_ones():
     """Read from package files, without importing torch in the driver (seconds on a small machine)."""
     import pyarrow
