@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from detbatch import storage
 from detbatch.detect.index import INDEX_EXTENSIONS
-from detbatch.detect.units import IMAGE_EXTENSIONS, file_version, image_id_for, names_sum
+from detbatch.detect.units import IMAGE_EXTENSIONS, file_version, image_id_for, listing_call, names_sum
 from detbatch.metrics.pairing import SHARD_EXTENSIONS, relative_name
 
 logger = logging.getLogger(__name__)
@@ -176,8 +176,6 @@ def list_level(uri: str, recurse: bool, job: ListingJob) -> tuple[list[str], Fou
             else:
                 files[name] = info
         return files, sorted(subs)
-
-    from detbatch.detect.units import listing_call
 
     files, subs = listing_call(uri, listed)
     return subs, found_in(fs, files, subs, job)
