@@ -102,11 +102,14 @@ class Detector:
         per_category: dict[str, Any] | None = None,
         overlap: bool = False,
         max_pixels: int | None = None,
+        early_units: tuple[int, ...] = (),
     ):
         """``per_category``: thresholds by category (:meth:`ScoreThresholds.fingerprint` of a thresholds.json),
         applied after the model, which keeps boxes from ``score_threshold`` (the lowest of them) on.
         ``overlap``: the pool runs two calls per actor at once (see the module docstring). ``max_pixels``:
-        ``input.max_pixels``, for the JPEGs that the actor decodes on CPU after its device refused them."""
+        ``input.max_pixels``, for the JPEGs that the actor decodes on CPU after its device refused them.
+        ``early_units``: units whose calls commit their first mini-batch on its own, as soon as it is
+        through the model (the run's first units: a pool's first results within seconds, not a call's time)."""
         import warnings
 
         import torch
@@ -127,6 +130,7 @@ class Detector:
         self.thresholds = None if per_category is None else ScoreThresholds.from_fingerprint(per_category)
         self.overlap = overlap
         self.max_pixels = max_pixels
+        self.early_units = frozenset(early_units)
         self._model_lock = threading.Lock()  # one call in the model at a time (two run at once with overlap)
         labels = loaded.categories.labels
         self.category_ids = np.array([c[0] if c else i for i, c in enumerate(labels)], dtype=np.int32)
@@ -169,8 +173,12 @@ class Detector:
 
         batch = _sorted(batch)
         record = attempt_uri(self.output, self.generation, batch)
+        n = len(batch["uri"])
+        # A call of one of the run's first units commits its first mini-batch on its own. The split is the
+        # same on every attempt at the call, so that no two attempts commit overlapping parts.
+        first = self.batch_size if int(batch["unit"][0]) in self.early_units and n > self.batch_size else n
         state = _after_crash(json.loads(storage.read_text(record))) if storage.exists(record) else \
-            {"queue": [[0, len(batch["uri"])]], "suspect": [], "crashed": []}
+            {"queue": [[0, first]] + ([[first, n]] if first < n else []), "suspect": [], "crashed": []}
         parts = []
         while state["queue"]:
             lo, hi = state["queue"][0]

@@ -170,6 +170,7 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
     ids, row_of = plan_module.unit_ids(plan)
     left = ~np.isin(ids, finished)
     todo = plan.take(pa.array(np.unique(row_of[left])))
+    first_left = ids[left][:64]
     skips = {u: log.skip(u) for u in log.ranges if u not in log.finished}
     logger.info(
         "%s: %d %s inputs, %d units to do (%d finished earlier, %d images committed)",
@@ -214,6 +215,8 @@ def _run(config: DetectConfig, plan: "pa.Table", listed: ListingSummary, manifes
                 generation=lease.generation,
                 overlap=pool.overlap,
                 max_pixels=config.input.max_pixels,
+                # One per actor: the units its first call most likely holds (detbatch.detect.detector).
+                early_units=tuple(int(u) for u in first_left[: pool.max_actors]),
             ),
             # One call = one committed file pair; the model sees mini-batches of batch_size.
             batch_size=config.output.rows_per_file,

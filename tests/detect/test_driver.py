@@ -305,3 +305,24 @@ def test_a_detector_dead_past_its_retries_says_rerun_and_where_to_look(cause, tm
         _raise_known_cause(ValueError("a bug"), lease, 900)  # anything else propagates as it is
     finally:
         lease.release()
+
+
+def test_the_first_units_commit_their_first_mini_batch_at_once(store, clean):
+    """A pool's first results are committed after one mini-batch, not a whole call: the run's first unit
+    per actor commits its first mini-batch as a part of its own; every other unit is one part. The rows
+    are the clean run's (which commits calls of 2 whole)."""
+    from detbatch.detect import sink
+    from tests.helpers.exactly_once import NUM_INPUTS, assert_same_as_clean, check_invariants, detect_config
+
+    if store.kind != "local":
+        pytest.skip("one storage is enough: the parts are named and committed the same way on S3")
+    out = store.output("early")
+    summary = run_detect(detect_config(store, out, **{"output.rows_per_file": 6, "inference.batch_size": 2,
+                                                      "inference.min_actors": 2, "inference.max_actors": 2}))
+    assert summary.images_processed == NUM_INPUTS
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for part in sink.read_commit_log(out).parts:
+        ranges.setdefault(part.unit, []).append((part.start, part.stop))
+    assert ranges == {0: [(0, 2), (2, 6)], 1: [(0, 2), (2, 6)], 2: [(0, 3)]}  # 15 inputs in units of 6
+    assert_same_as_clean(out, clean)
+    check_invariants(out)
