@@ -174,6 +174,9 @@ def job_cluster() -> Iterator[JobCluster]:
             env, logs[0]))
         # The head fully up first: on a busy machine a worker that starts alongside it may miss its registration deadline.
         _wait("head node's dashboard", lambda: cluster.get("/api/version")[0] == 200, START_TIMEOUT_S, logs)
+        # ...and registered in the GCS: a worker that asks before then fails with "No node info found for head
+        # node in GCS" (seen twice in a row on a loaded dev-2c, the dashboard already answering).
+        _wait("head node alive in the GCS", lambda: _alive_nodes(cluster) == 1, START_TIMEOUT_S, logs)
         # Its own temp dir: nodes that share one also share runtime_resources/, and one node's cleanup of a job's
         # working_dir would delete it under the other node's running driver.
         worker = ["--address", f"127.0.0.1:{gcs_port}", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir / "w"),
