@@ -75,11 +75,9 @@ class ListingJob:
 
 
 @dataclass
-class Found:
-    """One task's listing: its segments in order, and what the driver sums."""
+class Sums:
+    """What a listing adds up over its tasks."""
 
-    segments: list[tuple[str, Any]] = field(default_factory=list)
-    """``("files", rows)`` (LISTED_SCHEMA dicts), ``("parts", [(name, rows)])`` or ``("prefix", uri)``."""
     others: list[tuple[str, str]] = field(default_factory=list)
     """``(uri, version)`` of shards, index files and other tables (sorted by the caller)."""
     counts: Counter = field(default_factory=Counter)
@@ -87,6 +85,20 @@ class Found:
     names: int = 0
     contents: int = 0
     """:func:`~detbatch.detect.units.names_sum` of the image files' names, and of names with versions."""
+
+    def add(self, other: "Sums") -> None:
+        self.others += other.others
+        self.counts.update(other.counts)
+        self.names += other.names
+        self.contents += other.contents
+
+
+@dataclass
+class Found(Sums):
+    """One task's listing: its segments in order, and its sums."""
+
+    segments: list[tuple[str, Any]] = field(default_factory=list)
+    """``("files", rows)`` (LISTED_SCHEMA dicts), ``("parts", [(name, rows)])`` or ``("prefix", uri)``."""
 
 
 def kind_of(path: str) -> str:
@@ -238,15 +250,11 @@ def _get(ref: Any) -> Any:
 
 
 @dataclass
-class Listed:
+class Listed(Sums):
     """A listing, summed: its image files as parts (in order), the other files, the counts and digests."""
 
     parts: list[tuple[str, int]] = field(default_factory=list)
     """``(part name, rows)`` in the listing's order; the parts are in ``job.parts``."""
-    others: list[tuple[str, str]] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
-    names: int = 0
-    contents: int = 0
     images: list[dict[str, Any]] | None = None
     """Every image row in order, when the job writes no parts (``job.parts`` None)."""
 
@@ -264,10 +272,7 @@ def walk(segments: Iterator[tuple[str, Any]], job: ListingJob) -> Listed:
 
     for what, item in segments:
         if what == "found":
-            listed.others += item.others
-            listed.counts.update(item.counts)
-            listed.names += item.names
-            listed.contents += item.contents
+            listed.add(item)
         elif what == "files" and listed.images is not None:
             listed.images += item
         elif what == "files":
