@@ -39,8 +39,9 @@ class InputConfig(Section):
     """A rerun lists the input again and refuses to go on if it changed since the output's plan was made
     (``--verify-input``). Without it a rerun reads the persisted plan and lists nothing."""
     parallel_listing: bool = True
-    """List a folder/prefix in Ray tasks, one per sub-prefix (the driver connects to Ray first); the result
-    is the same as the sequential listing's. False: list on the driver alone."""
+    """List a folder/prefix in Ray tasks, one per sub-prefix, which write the image files into the output's
+    listing parts; the files and their order are the same as a sequential listing's. False: one task lists
+    the whole prefix with ``find`` (detbatch.detect.listing)."""
     max_bytes: int | None = Field(MAX_BYTES, ge=1)
     """Largest image file (or tar member, or Parquet value) that is read, known from the listing, the tar
     header or the value's length; a larger one is an error row naming its size. ``null``: no cap."""
